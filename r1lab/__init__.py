@@ -1,0 +1,17 @@
+"""r1lab: build, train, evaluate, distill and serve DeepSeek-R1-style reasoning models."""
+
+__version__ = "0.1.0"
+
+from .config import ConfigError, ModelConfig, preset  # noqa: E402
+from .model import build_model  # noqa: E402
+
+
+def __getattr__(name):  # lazy: keep `import r1lab` light
+    if name in ("load_model", "save_model"):
+        from . import checkpoint
+
+        return getattr(checkpoint, name)
+    raise AttributeError(f"module 'r1lab' has no attribute {name!r}")
+
+
+__all__ = ["ConfigError", "ModelConfig", "preset", "build_model", "load_model", "save_model", "__version__"]
