@@ -109,6 +109,9 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         self.validate()
+        if not self.is_moe_model:  # make the derived sizes explicit, as transformers writes them
+            self.num_key_value_heads = self.kv_heads
+            self.head_dim = self.dense_head_dim
 
     # ------------------------------------------------------------------ derived
     @property

@@ -1,0 +1,210 @@
+"""`make demo` at the foundation stage: accounting for the presets, then about a minute
+of pre-training of the tiny MoE model on synthetic addition, with a before/after table,
+JSONL metrics, a loss plot and a checkpoint. (Later stages replace this with R1-Zero.)
+
+Text is encoded as bytes (id = byte + 2; 0 = BOS, 1 = EOS) so the demo needs no
+tokenizer files. The objective is the full V3 one: next-token CE + λ·MTP CE +
+α·sequence balance loss, with the auxiliary-loss-free bias update after every step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import torch
+
+BOS, EOS, OFFSET = 0, 1, 2
+MTP_LAMBDA = 0.3          # SPEC §2: λ = 0.3 early in training
+BIAS_GAMMA = 0.001        # SPEC §2: γ of the aux-loss-free update
+EVAL_PROBLEMS = 64
+
+
+def encode(text: str) -> list[int]:
+    return [b + OFFSET for b in text.encode("utf-8")]
+
+
+def decode(ids: list[int]) -> str:
+    return bytes(i - OFFSET for i in ids if i >= OFFSET and i - OFFSET < 256).decode("utf-8", "replace")
+
+
+def problem(rng: random.Random, digits: int = 2) -> tuple[str, str]:
+    a, b = rng.randrange(10 ** digits), rng.randrange(10 ** digits)
+    return f"{a}+{b}=", str(a + b)
+
+
+def batch(rng: random.Random, batch_size: int, seq_len: int) -> torch.Tensor:
+    """Rows of BOS + problems separated by newlines, packed to seq_len + 1 tokens."""
+    rows = []
+    for _ in range(batch_size):
+        ids = [BOS]
+        while len(ids) < seq_len + 1:
+            q, a = problem(rng)
+            ids += encode(q + a + "\n")
+        rows.append(ids[: seq_len + 1])
+    return torch.tensor(rows)
+
+
+@torch.no_grad()
+def greedy_answer(model, prompt: str, max_new: int = 6) -> str:
+    ids = [BOS] + encode(prompt)
+    out = []
+    for _ in range(max_new):
+        logits = model(torch.tensor([ids])).logits[0, -1]
+        nxt = int(logits.argmax())
+        if nxt == EOS or decode([nxt]) == "\n":
+            break
+        ids.append(nxt)
+        out.append(nxt)
+    return decode(out)
+
+
+def evaluate(model, problems) -> tuple[float, list[tuple[str, str, str]]]:
+    model.eval()
+    rows = [(q, a, greedy_answer(model, q)) for q, a in problems]
+    model.train()
+    return sum(a == g for _, a, g in rows) / len(rows), rows
+
+
+@torch.no_grad()
+def eval_loss(model, data: torch.Tensor) -> float:
+    model.eval()
+    out = model(data[:, :-1], targets=data[:, 1:])
+    model.train()
+    return float(out.loss)
+
+
+def load_imbalance(model) -> float:
+    load = model.expert_load()
+    if load is None or load.sum() == 0:
+        return 1.0
+    return float((load.max(dim=1).values / load.mean(dim=1).clamp_min(1e-9)).mean())
+
+
+def _print_info() -> None:
+    from .accounting import report
+    from .config import preset
+
+    print("== r1lab info (presets) ==")
+    print(f"{'preset':<14}{'total':>12}{'active':>12}{'KV bytes/token (MLA vs MHA)':>32}")
+    for name in ("tiny", "small", "deepseek-v3"):
+        rep = report(preset(name))
+        p, kv = rep["parameters"], rep["kv_cache"]
+        mla = kv.get("absorbed_mla_bytes", kv.get("gqa_bytes"))
+        mha = kv.get("mha_equivalent_bytes")
+        print(f"{name:<14}{_h(p['total']):>12}{_h(p['active']):>12}{_h(mla, 'B'):>18} vs {_h(mha, 'B'):<10}")
+    print()
+
+
+def _h(x, unit="") -> str:
+    if x is None:
+        return "-"
+    for div, suf in ((1e12, "T"), (1e9, "G" if unit else "B"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.1f}{suf}{unit}"
+    return f"{x:.0f}{unit}"
+
+
+def run_demo(seconds: float = 60.0, out_dir: Path = Path("runs/demo"), seed: int = 0) -> int:
+    from tqdm import tqdm
+
+    from .checkpoint import save_model
+    from .config import preset
+    from .model import build_model
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    _print_info()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = preset("tiny")
+    model = build_model(cfg, seed=seed)
+    model.train()
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"== pre-training the tiny MoE ({n_params / 1e6:.2f}M parameters, {cfg.n_routed_experts} experts, "
+          f"top-{cfg.num_experts_per_tok}, MTP depth {cfg.num_nextn_predict_layers}) for {seconds:.0f}s ==")
+
+    rng = random.Random(seed)
+    eval_rng = random.Random(seed + 12345)
+    problems = [problem(eval_rng) for _ in range(EVAL_PROBLEMS)]
+    held_out = batch(random.Random(seed + 999), 16, 128)
+    acc0, rows0 = evaluate(model, problems)
+    loss0 = eval_loss(model, held_out)
+
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.01)
+    warmup, metrics = 20, []
+    metrics_path = out_dir / "metrics.jsonl"
+    tmp_metrics = metrics_path.with_suffix(".jsonl.tmp")
+    start = time.time()
+    step = 0
+    bar = tqdm(total=int(seconds), unit="s", desc="pretrain", bar_format="{l_bar}{bar}| {n:.0f}/{total}s {postfix}")
+    with open(tmp_metrics, "w") as f:
+        while time.time() - start < seconds:
+            frac = min(1.0, (time.time() - start) / seconds)
+            lr = 3e-3 * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            data = batch(rng, 16, 128)
+            out = model(data[:, :-1], targets=data[:, 1:])
+            loss = out.loss + MTP_LAMBDA * out.mtp_loss + cfg.aux_loss_alpha * out.balance_loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
+            opt.step()
+            imbalance = load_imbalance(model)
+            model.update_expert_bias(BIAS_GAMMA)
+            rec = {"step": step, "time": round(time.time() - start, 3), "loss": float(out.loss),
+                   "mtp_loss": float(out.mtp_loss), "balance_loss": float(out.balance_loss),
+                   "lr": lr, "grad_norm": gnorm, "expert_max_over_mean": imbalance}
+            f.write(json.dumps(rec) + "\n")
+            metrics.append(rec)
+            step += 1
+            bar.n = min(int(time.time() - start), int(seconds))
+            bar.set_postfix_str(f"step {step} loss {rec['loss']:.3f} mtp {rec['mtp_loss']:.3f}")
+            bar.refresh()
+    bar.close()
+    os.replace(tmp_metrics, metrics_path)
+
+    acc1, rows1 = evaluate(model, problems)
+    loss1 = eval_loss(model, held_out)
+    elapsed = time.time() - start
+    tokens = step * 16 * 128
+    print()
+    print(f"{'':<30}{'before':>10}{'after':>10}")
+    print(f"{'held-out loss (nats/token)':<30}{loss0:>10.3f}{loss1:>10.3f}")
+    print(f"{'2-digit addition, greedy':<30}{acc0:>10.1%}{acc1:>10.1%}")
+    print(f"{'MTP loss (first/last step)':<30}{metrics[0]['mtp_loss']:>10.3f}{metrics[-1]['mtp_loss']:>10.3f}")
+    print(f"{'expert load max/mean':<30}{metrics[0]['expert_max_over_mean']:>10.2f}{metrics[-1]['expert_max_over_mean']:>10.2f}")
+    print(f"\n{step} steps, {tokens / elapsed:,.0f} tokens/s. Samples after training:")
+    for q, a, g in rows1[:5]:
+        print(f"  {q}{g:<6} ({'ok' if g == a else 'want ' + a})")
+    save_model(model, out_dir / "checkpoint")
+    _plot(metrics, out_dir / "loss.png")
+    print(f"\nwrote {metrics_path}, {out_dir / 'loss.png'}, {out_dir / 'checkpoint'}/")
+    return 0
+
+
+def _plot(metrics, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [m["step"] for m in metrics]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax[0].plot(steps, [m["loss"] for m in metrics], label="next-token")
+    ax[0].plot(steps, [m["mtp_loss"] for m in metrics], label="MTP (t+2)")
+    ax[0].set_xlabel("step")
+    ax[0].set_ylabel("cross entropy")
+    ax[0].set_yscale("log")
+    ax[0].legend()
+    ax[1].plot(steps, [m["expert_max_over_mean"] for m in metrics])
+    ax[1].set_xlabel("step")
+    ax[1].set_ylabel("expert load max/mean")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)

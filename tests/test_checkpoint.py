@@ -1,0 +1,161 @@
+"""Checkpoint directories: sharding, layouts, errors, atomic writes."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from r1lab import build_model, load_model, preset, save_model
+from r1lab.checkpoint import CheckpointError
+
+
+def _tiny():
+    return preset("tiny").replace(vocab_size=256)
+
+
+def _same(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    return all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_round_trip_is_exact_including_mtp_and_router_bias(tmp_path):
+    model = build_model(_tiny(), seed=0)
+    for name, buf in model.named_buffers():
+        if name.endswith("e_score_correction_bias"):
+            buf.normal_()
+    save_model(model, tmp_path / "ck")
+    files = sorted(p.name for p in (tmp_path / "ck").iterdir())
+    assert files == ["config.json", "model.safetensors"]
+    names = load_file(tmp_path / "ck" / "model.safetensors").keys()
+    assert "model.layers.1.mlp.experts.7.down_proj.weight" in names  # published per-expert layout
+    assert "model.layers.4.eh_proj.weight" in names  # MTP stored as layer num_hidden_layers
+    assert "model.layers.4.shared_head.head.weight" in names
+    back = load_model(tmp_path / "ck")
+    assert _same(model, back)
+    ids = torch.randint(0, 256, (1, 9))
+    out = back(ids)
+    assert out.logits.shape == (1, 9, 256)
+
+
+def test_sharded_checkpoint_with_index(tmp_path):
+    model = build_model(_tiny(), seed=1)
+    save_model(model, tmp_path / "ck", max_shard_bytes=2_000_000)
+    index = json.loads((tmp_path / "ck" / "model.safetensors.index.json").read_text())
+    shards = set(index["weight_map"].values())
+    assert len(shards) > 3 and all((tmp_path / "ck" / s).is_file() for s in shards)
+    assert not (tmp_path / "ck" / "model.safetensors").exists()
+    assert _same(model, load_model(tmp_path / "ck"))
+
+
+def test_bfloat16_save_and_load_dtype(tmp_path):
+    model = build_model(_tiny(), seed=0)
+    save_model(model, tmp_path / "ck", dtype=torch.bfloat16)
+    t = load_file(tmp_path / "ck" / "model.safetensors")
+    assert t["model.embed_tokens.weight"].dtype == torch.bfloat16
+    assert t["model.layers.1.mlp.gate.e_score_correction_bias"].dtype == torch.float32
+    m = load_model(tmp_path / "ck", dtype=torch.bfloat16)
+    assert m.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert m.model.layers[1].mlp.gate.e_score_correction_bias.dtype == torch.float32
+    assert load_model(tmp_path / "ck").model.embed_tokens.weight.dtype == torch.float32
+
+
+def test_fp8_block_quantised_weights_are_dequantised(tmp_path):
+    model = build_model(_tiny(), seed=0)
+    save_model(model, tmp_path / "ck")
+    f = tmp_path / "ck" / "model.safetensors"
+    t = load_file(f)
+    name = "model.layers.0.mlp.down_proj.weight"  # (256, 384)
+    w = t[name]
+    # 128×128 blocks, each scaled so its largest value maps to e4m3's max (448), as DeepSeek does
+    blocks = torch.nn.functional.pad(w, (0, 384 - w.shape[1], 0, 256 - w.shape[0])).abs()
+    scale = blocks.view(2, 128, 3, 128).amax(dim=(1, 3)) / 448.0
+    full = scale.repeat_interleave(128, 0)[: w.shape[0]].repeat_interleave(128, 1)[:, : w.shape[1]]
+    t[name] = (w / full).to(torch.float8_e4m3fn)
+    t[name + "_scale_inv"] = scale
+    save_file(t, f)
+    m = load_model(tmp_path / "ck")
+    got = m.model.layers[0].mlp.down_proj.weight
+    assert torch.allclose(got, w, rtol=0.07, atol=1e-4)
+    assert not torch.equal(got, w)  # it really went through fp8
+
+
+def test_missing_directory_and_files(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="no config.json"):
+        load_model(tmp_path / "empty")
+    save_model(build_model(_tiny(), seed=0), tmp_path / "ck")
+    (tmp_path / "ck" / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="no model.safetensors"):
+        load_model(tmp_path / "ck")
+
+
+def test_corrupt_and_truncated_weights(tmp_path):
+    save_model(build_model(_tiny(), seed=0), tmp_path / "ck")
+    f = tmp_path / "ck" / "model.safetensors"
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_model(tmp_path / "ck")
+    f.write_bytes(b"garbage" * 10)
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_model(tmp_path / "ck")
+
+
+def test_wrong_shapes_and_missing_tensors(tmp_path):
+    save_model(build_model(_tiny(), seed=0), tmp_path / "ck")
+    cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
+    cfg["hidden_size"] = 128
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="shape"):
+        load_model(tmp_path / "ck")
+    save_model(build_model(_tiny(), seed=0), tmp_path / "ck2")
+    f = tmp_path / "ck2" / "model.safetensors"
+    t = load_file(f)
+    del t["model.layers.2.self_attn.kv_b_proj.weight"]
+    save_file(t, f)
+    with pytest.raises(CheckpointError, match="missing"):
+        load_model(tmp_path / "ck2")
+
+
+def test_overwrite_is_atomic_and_keeps_foreign_files(tmp_path):
+    ck = tmp_path / "ck"
+    save_model(build_model(_tiny(), seed=0), ck, max_shard_bytes=2_000_000)
+    (ck / "NOTES.txt").write_text("keep me")
+    m2 = build_model(_tiny(), seed=5)
+    save_model(m2, ck)  # now a single file: stale shards and index must be gone
+    assert (ck / "NOTES.txt").read_text() == "keep me"
+    assert not (ck / "model.safetensors.index.json").exists()
+    assert not list(ck.glob("model-*.safetensors"))
+    assert _same(m2, load_model(ck))
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"]  # no temp dirs left behind
+
+
+def test_failed_save_leaves_existing_checkpoint_intact(tmp_path, monkeypatch):
+    ck = tmp_path / "ck"
+    m1 = build_model(_tiny(), seed=0)
+    save_model(m1, ck)
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("r1lab.checkpoint.save_file", boom)
+    with pytest.raises(OSError):
+        save_model(build_model(_tiny(), seed=9), ck)
+    monkeypatch.undo()
+    assert _same(m1, load_model(ck))
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"]
+
+
+def test_dense_tied_checkpoint_has_no_lm_head(tmp_path):
+    cfg = preset("qwen2-1.5b").replace(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    m = build_model(cfg, seed=0)
+    save_model(m, tmp_path / "ck")
+    assert "lm_head.weight" not in load_file(tmp_path / "ck" / "model.safetensors")
+    back = load_model(tmp_path / "ck")
+    assert back.lm_head.weight is back.model.embed_tokens.weight
+    assert _same(m, back)
