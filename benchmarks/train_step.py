@@ -5,10 +5,15 @@ same weights: ours is built with ``build_model(cfg, seed=0)``, written with
 ``r1lab.checkpoint.save_model`` and loaded back by ``transformers.AutoModelForCausalLM``.
 One step = forward + next-token cross entropy (computed here, from ``.logits``, the same
 way for both) + backward + ``torch.optim.AdamW(lr=1e-4)`` step, fp32, on the CPU.
+transformers runs with ``attn_implementation="sdpa"`` and the fastest of its experts
+implementations (eager / grouped_mm / batched_mm) that reproduces our logits, picked by
+a short fwd+bwd trial and printed.
 
 Before timing, the logits of the two models on the benchmark batch must agree within
 1e-4. Steps of the two models are interleaved (ours, theirs, ours, …) so that drift in
-the machine's speed hits both equally; the median step time is reported.
+the machine's speed hits both equally; the median step time is reported, and the
+median process CPU time per step (with --threads 1 nearly blind to other processes
+on the machine; with more threads it includes OpenMP spin-waiting).
 
 The machine's fp32 matmul peak is measured in the same run (best of several large
 square matmuls) and turned into model FLOPs utilisation:
@@ -226,7 +231,7 @@ def choose_experts_impl(hf, ours, cfg, ids, targets, requested: str, trial_seqs:
             if best_so_far is not None and first > 4 * best_so_far:
                 trials[impl] = f"too slow: fwd+bwd {first * 1e3:.0f} ms (> 4x the best), not timed further"
                 continue
-            trials[impl] = min(first, timed(fwd_bwd))
+            trials[impl] = min(first, timed(fwd_bwd), timed(fwd_bwd))
         except Exception as e:  # noqa: BLE001 - an implementation that fails here is just not used
             trials[impl] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
     hf.zero_grad(set_to_none=True)
@@ -279,6 +284,8 @@ def main(argv=None) -> int:
     info = machine_info()
     load_start = load_avg()
     cfg = preset(args.preset)
+    if not cfg.is_moe_model:
+        ap.error(f"--preset {args.preset!r} is not a DeepSeek-V3 model")
     if args.seq > cfg.max_position_embeddings:
         ap.error(f"--seq {args.seq} > max_position_embeddings {cfg.max_position_embeddings}")
     log(f"machine: {info['cpu']}, {info['logical_cpus']} logical CPUs, {info['memory']}, torch threads {info['torch_threads']}")
@@ -335,12 +342,14 @@ def main(argv=None) -> int:
         for model, fn, opt in runs.values():
             train_step(model, fn, opt, ids, targets)
     times: dict[str, list[float]] = {k: [] for k in runs}
+    cpu_times: dict[str, list[float]] = {k: [] for k in runs}
     losses: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(args.steps):
         for k, (model, fn, opt) in runs.items():
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             losses[k].append(train_step(model, fn, opt, ids, targets))
             times[k].append(time.perf_counter() - t0)
+            cpu_times[k].append(time.process_time() - c0)
 
     # --- figures
     flops_tok = 6 * counts["active_no_embed"]
@@ -350,7 +359,8 @@ def main(argv=None) -> int:
         med = statistics.median(times[k])
         tok_s = n_tok / med
         res[k] = {"median_step_s": med, "min_step_s": min(times[k]), "max_step_s": max(times[k]),
-                  "step_times_s": times[k], "tokens_per_s": tok_s,
+                  "step_times_s": times[k], "cpu_times_s": cpu_times[k],
+                  "median_cpu_s": statistics.median(cpu_times[k]), "tokens_per_s": tok_s,
                   "mfu": tok_s * flops_tok / (peak * 1e9), "losses": losses[k]}
     ratio = res["ours"]["tokens_per_s"] / res["transformers"]["tokens_per_s"]
 
@@ -370,11 +380,17 @@ def main(argv=None) -> int:
         f"{res['ours']['median_step_s'] / res['transformers']['median_step_s']:>{w}.3f}")
     log(f"{'min / max step (ms)':<22}"
         + "".join(f"{res[k]['min_step_s'] * 1e3:>{w - 7}.0f} /{res[k]['max_step_s'] * 1e3:>5.0f}" for k in runs))
+    log(f"{'median CPU s/step':<22}{res['ours']['median_cpu_s']:>{w}.2f}{res['transformers']['median_cpu_s']:>{w}.2f}"
+        f"{res['ours']['median_cpu_s'] / res['transformers']['median_cpu_s']:>{w}.3f}")
     log(f"{'tokens/s':<22}{res['ours']['tokens_per_s']:>{w}.0f}{res['transformers']['tokens_per_s']:>{w}.0f}{ratio:>{w}.3f}")
     log(f"{'MFU (% of peak)':<22}{100 * res['ours']['mfu']:>{w}.2f}{100 * res['transformers']['mfu']:>{w}.2f}"
         f"{res['ours']['mfu'] / res['transformers']['mfu']:>{w}.3f}")
     log(f"{'final loss':<22}{losses['ours'][-1]:>{w}.4f}{losses['transformers'][-1]:>{w}.4f}")
     log(f"load average at end: {load_avg()} (1/5/15 min; timings are only clean when it stays below the thread count)")
+    spread = max(res[k]["max_step_s"] / res[k]["min_step_s"] for k in runs)
+    if spread > 1.3:
+        log(f"WARNING: step times vary {spread:.1f}x (max/min): the machine is busy; compare the ratio, not "
+            f"absolute figures, rerun with more --steps, or use --threads 1 (CPU s/step then ignores other load)")
     log(f"(peak {peak:.1f} GFLOP/s fp32; transformers: sdpa + experts_implementation={impl}; AdamW {optim_mode})")
     log()
     log(f"RESULT ours_tok_s={res['ours']['tokens_per_s']:.1f} hf_tok_s={res['transformers']['tokens_per_s']:.1f} "

@@ -138,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("r1lab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and closed early
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (CLIError, ConfigError) as e:
         print(f"r1lab: error: {e}", file=sys.stderr)
         return 2

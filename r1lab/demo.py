@@ -75,7 +75,7 @@ def eval_loss(model, data: torch.Tensor) -> float:
     model.eval()
     out = model(data[:, :-1], targets=data[:, 1:])
     model.train()
-    return float(out.loss)
+    return out.loss.item()
 
 
 def load_imbalance(model) -> float:
@@ -155,8 +155,8 @@ def run_demo(seconds: float = 60.0, out_dir: Path = Path("runs/demo"), seed: int
             opt.step()
             imbalance = load_imbalance(model)
             model.update_expert_bias(BIAS_GAMMA)
-            rec = {"step": step, "time": round(time.time() - start, 3), "loss": float(out.loss),
-                   "mtp_loss": float(out.mtp_loss), "balance_loss": float(out.balance_loss),
+            rec = {"step": step, "time": round(time.time() - start, 3), "loss": out.loss.item(),
+                   "mtp_loss": out.mtp_loss.item(), "balance_loss": out.balance_loss.item(),
                    "lr": lr, "grad_norm": gnorm, "expert_max_over_mean": imbalance}
             f.write(json.dumps(rec) + "\n")
             metrics.append(rec)

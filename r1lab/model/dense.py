@@ -84,7 +84,8 @@ class DenseForCausalLM(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        self.reset_parameters()
+        if not self.lm_head.weight.is_meta:  # meta models are for accounting only
+            self.reset_parameters()
 
     def forward(self, input_ids, positions=None, cache=None, targets=None, *, absorbed=False, return_hidden=False):
         if positions is None:
