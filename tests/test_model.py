@@ -139,7 +139,7 @@ def test_balance_loss_formula_and_gradient():
         f = counts * 8 / (2 * 10)
         p = (s[b] / s[b].sum(-1, keepdim=True)).mean(0)
         ref += float((f * p).sum().detach()) / 3
-    assert abs(float(loss) - ref) < 1e-5
+    assert abs(loss.item() - ref) < 1e-5
     loss.backward()
     assert moe.gate.weight.grad is not None and moe.gate.weight.grad.abs().sum() > 0
     assert moe.gate.e_score_correction_bias.grad is None  # the bias never receives gradients
@@ -147,7 +147,7 @@ def test_balance_loss_formula_and_gradient():
 
 def test_aux_loss_free_update_reduces_load_imbalance():
     cfg, moe = _moe(n_routed_experts=8, num_experts_per_tok=2)
-    x = torch.randn(512, cfg.hidden_size)
+    x = torch.randn(256, cfg.hidden_size)
     with torch.no_grad():  # skew: experts 0 and 1 score high for almost every token
         direction = x.mean(0) / x.mean(0).norm()
         moe.gate.weight[0] += 3.0 * direction
@@ -157,15 +157,15 @@ def test_aux_loss_free_update_reduces_load_imbalance():
     def ratio():
         moe.expert_load.zero_()
         with torch.no_grad():
-            moe(x.view(8, 64, -1))
+            moe(x.view(4, 64, -1))
         load = moe.expert_load.clone()
         return float(load.max() / load.mean())
 
     before = ratio()
-    for _ in range(300):
+    for _ in range(100):
         with torch.no_grad():
-            moe(x.view(8, 64, -1))
-        moe.update_bias(gamma=0.01)
+            moe(x.view(4, 64, -1))
+        moe.update_bias(gamma=0.02)
     after = ratio()
     assert before > 2.5
     assert after < 1.5 and after < before / 2
