@@ -158,7 +158,7 @@ def test_aux_loss_free_update_reduces_load_imbalance():
         moe.expert_load.zero_()
         with torch.no_grad():
             moe(x.view(4, 64, -1))
-        load = moe.expert_load.clone()
+        load = moe.expert_load.float()
         return float(load.max() / load.mean())
 
     before = ratio()
@@ -204,3 +204,20 @@ def test_forward_returns_losses_and_shapes():
     model.eval()
     out = model(ids)
     assert out.balance_loss is None and out.loss is None
+
+
+def test_bfloat16_model_keeps_router_bias_and_loads_exact():
+    cfg = tiny()
+    model = build_model(cfg, seed=0, dtype=torch.bfloat16).train()
+    moe = model.model.layers[1].mlp
+    assert model.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert moe.gate.e_score_correction_bias.dtype == torch.float32
+    ids = torch.randint(0, cfg.vocab_size, (2, 300))
+    for _ in range(2):
+        model(ids)
+    assert int(moe.expert_load.sum()) == 2 * 2 * 300 * cfg.num_experts_per_tok  # exact counts past bf16's 256
+    model.update_expert_bias(0.001)
+    bias = moe.gate.e_score_correction_bias
+    assert bias.dtype == torch.float32
+    assert torch.allclose(bias.abs(), torch.full_like(bias, 0.001)) or (bias == 0).any()
+    assert bias.abs().max().item() == pytest.approx(0.001)

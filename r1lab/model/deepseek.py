@@ -133,6 +133,13 @@ class Gate(nn.Module):
         nn.init.normal_(self.weight, std=std)
         self.e_score_correction_bias.zero_()
 
+    def _apply(self, fn, recurse=True):
+        # model.to(bfloat16) must not round the bias: its steps are γ = 0.001 (SPEC §2).
+        super()._apply(fn, recurse)
+        if self.e_score_correction_bias.dtype != torch.float32:
+            self.e_score_correction_bias = self.e_score_correction_bias.float()
+        return self
+
     def forward(self, x: torch.Tensor):
         """x (N, D) -> weights (N, K), indices (N, K), scores (N, E)."""
         scores = F.linear(x.float(), self.weight.float()).sigmoid()
@@ -198,7 +205,7 @@ class MoE(nn.Module):
             MLP(cfg.hidden_size, cfg.moe_intermediate_size * cfg.n_shared_experts) if cfg.n_shared_experts else None
         )
         # Tokens routed to each expert since the last update_bias() (training only).
-        self.register_buffer("expert_load", torch.zeros(self.n_experts), persistent=False)
+        self.register_buffer("expert_load", torch.zeros(self.n_experts, dtype=torch.long), persistent=False)
 
     def forward(self, x: torch.Tensor):
         B, T, D = x.shape
@@ -228,10 +235,10 @@ class MoE(nn.Module):
     @torch.no_grad()
     def update_bias(self, gamma: float) -> None:
         """Auxiliary-loss-free balancing: b_i += γ·sign(mean_load − load_i) (SPEC §2)."""
-        load = self.expert_load
+        load = self.expert_load.float()
         if load.sum() > 0:
             self.gate.e_score_correction_bias += gamma * torch.sign(load.mean() - load)
-        load.zero_()
+        self.expert_load.zero_()
 
 
 # ---------------------------------------------------------------------------- block
@@ -372,7 +379,7 @@ class DeepseekV3ForCausalLM(nn.Module):
 
     def expert_load(self) -> torch.Tensor | None:
         """(MoE layers, E) token counts accumulated since the last bias update."""
-        loads = [m.expert_load.clone() for m in self.modules() if isinstance(m, MoE)]
+        loads = [m.expert_load.float() for m in self.modules() if isinstance(m, MoE)]
         return torch.stack(loads) if loads else None
 
     def reset_parameters(self) -> None:
