@@ -11,7 +11,17 @@ def __getattr__(name):  # lazy: keep `import r1lab` light
         from . import checkpoint
 
         return getattr(checkpoint, name)
+    if name in ("load_tokenizer", "train_tokenizer", "render_chat", "TokenizerError"):
+        from . import tokenizer
+
+        return getattr(tokenizer, name)
+    if name in ("split_reasoning", "extract_answer", "ReasoningStreamParser"):
+        from . import reasoning
+
+        return getattr(reasoning, name)
     raise AttributeError(f"module 'r1lab' has no attribute {name!r}")
 
 
-__all__ = ["ConfigError", "ModelConfig", "preset", "build_model", "load_model", "save_model", "__version__"]
+__all__ = ["ConfigError", "ModelConfig", "preset", "build_model", "load_model", "save_model", "load_tokenizer",
+           "train_tokenizer", "render_chat", "TokenizerError", "split_reasoning", "extract_answer",
+           "ReasoningStreamParser", "__version__"]

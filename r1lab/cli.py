@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import PRESETS, ConfigError
+from .tokenizer import TokenizerError
 
 
 class CLIError(Exception):
@@ -72,12 +73,29 @@ def cmd_init(args) -> int:
             raise CLIError(f"preset {args.preset!r} is too large to initialise on this machine; pass --force if you mean it")
     else:
         cfg = _resolve_config(args.preset)
+    tokenizer, tok_note = _init_tokenizer(cfg, args.tokenizer)
     model = build_model(cfg, seed=args.seed)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-    save_model(model, out, dtype=dtype, tokenizer=args.tokenizer)
+    save_model(model, out, dtype=dtype, tokenizer=tokenizer)
     n = sum(p.numel() for p in model.parameters())
-    print(f"wrote {out} ({n / 1e6:.2f}M parameters, seed {args.seed}, {args.dtype})")
+    print(f"wrote {out} ({n / 1e6:.2f}M parameters, seed {args.seed}, {args.dtype}; {tok_note})")
     return 0
+
+
+def _init_tokenizer(cfg, path: str | None):
+    """The tokenizer directory `init` copies: --tokenizer, else the shipped one if it fits the config."""
+    from .tokenizer import SHIPPED_TOKENIZER_DIR, load_tokenizer
+
+    tok = load_tokenizer(path)
+    if path is not None:
+        if tok.vocab_size > cfg.vocab_size:
+            raise CLIError(f"tokenizer {path} has {tok.vocab_size} tokens but the model's vocab_size is "
+                           f"{cfg.vocab_size}")
+        return path, f"tokenizer from {path}"
+    eos = cfg.eos_token_id if isinstance(cfg.eos_token_id, list) else [cfg.eos_token_id]
+    if tok.vocab_size <= cfg.vocab_size and cfg.bos_token_id == tok.bos_token_id and tok.eos_token_id in eos:
+        return SHIPPED_TOKENIZER_DIR, f"shipped tokenizer, {tok.vocab_size} tokens"
+    return None, "no tokenizer (the shipped one does not fit this config; pass --tokenizer DIR)"
 
 
 def cmd_demo(args) -> int:
@@ -86,11 +104,82 @@ def cmd_demo(args) -> int:
     return run_demo(seconds=args.seconds, out_dir=Path(args.out), seed=args.seed)
 
 
+def cmd_tokenizer_train(args) -> int:
+    from .tokenizer import N_BYTES, SPECIAL_TOKENS, train_tokenizer
+
+    # the tokenizers library draws its bar on a terminal (and prints bare newlines to stdout otherwise)
+    show = not args.quiet and sys.stdout.isatty() and sys.stderr.isatty()
+    tok, stats = train_tokenizer(args.input, args.vocab_size, args.out_dir, force=args.force, show_progress=show)
+    merges = tok.vocab_size - len(SPECIAL_TOKENS) - N_BYTES
+    print(f"wrote {args.out_dir}: {tok.vocab_size} tokens ({len(SPECIAL_TOKENS)} special, {N_BYTES} bytes, "
+          f"{merges} merges) from {stats.documents} documents, {stats.characters} characters in {stats.files} file(s)")
+    if tok.vocab_size < args.vocab_size:
+        print(f"note: asked for {args.vocab_size} tokens; the corpus yields no more merges")
+    return 0
+
+
+def cmd_tokenize(args) -> int:
+    from .tokenizer import load_tokenizer
+
+    tok = load_tokenizer(args.tokenizer)
+    text = sys.stdin.read() if args.text == "-" else args.text
+    ids = tok.encode(text, add_special_tokens=args.add_special_tokens)
+    pieces = tok.pieces(ids)
+    if args.json:
+        tokens = [tok.id_to_token(i) for i in ids]
+        print(json.dumps({"ids": ids, "pieces": pieces, "tokens": tokens}, ensure_ascii=False))
+        return 0
+    print(f"{len(ids)} tokens, {len(text)} characters ({tok.vocab_size}-token vocabulary)")
+    for i, piece in zip(ids, pieces):
+        print(f"{i:>8}  {piece!r}")
+    print("ids:", " ".join(map(str, ids)))
+    return 0
+
+
+def cmd_template(args) -> int:
+    from .tokenizer import load_tokenizer
+
+    tok = load_tokenizer(args.tokenizer)
+    src = "<stdin>" if args.messages == "-" else args.messages
+    try:
+        raw = sys.stdin.read() if args.messages == "-" else Path(args.messages).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CLIError(f"messages file {src} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CLIError(f"cannot read {src}: {e}") from None
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise CLIError(f"{src} is not valid JSON: {e}") from None
+    messages = data.get("messages") if isinstance(data, dict) else data
+    text = tok.apply_chat_template(messages, add_generation_prompt=not args.no_generation_prompt, tokenize=False)
+    if args.ids:
+        print(json.dumps(tok.encode(text)))
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        print(f"\n({len(text)} characters, {len(tok.encode(text))} tokens)", file=sys.stderr)
+    return 0
+
+
 # ---------------------------------------------------------------------------- parser
+class _HelpFormatter(argparse.HelpFormatter):
+    """Keeps each verb and its help on one line: argparse before 3.13 measures verb names
+    without their indent, so a verb as long as `tokenizer` pushed its help to the next line."""
+
+    def add_argument(self, action):
+        super().add_argument(action)
+        if action.help is not argparse.SUPPRESS and hasattr(action, "_get_subactions"):
+            names = [len(self._format_action_invocation(a)) for a in action._get_subactions()]
+            self._action_max_length = max(self._action_max_length,
+                                          max(names, default=0) + self._current_indent + self._indent_increment)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="r1lab",
         description="Build, train, evaluate and serve DeepSeek-R1-style reasoning models.",
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"r1lab {__version__}")
     sub = p.add_subparsers(dest="verb", metavar="VERB", title="verbs")
@@ -113,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("out_dir", metavar="OUT_DIR")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    s.add_argument("--tokenizer", help="directory whose tokenizer files to copy into the checkpoint")
+    s.add_argument("--tokenizer", help="directory whose tokenizer files to copy into the checkpoint "
+                                       "(default: the shipped tokenizer when it fits the config)")
     s.add_argument("--force", action="store_true", help="write into a non-empty directory / allow huge presets")
     s.set_defaults(func=cmd_init)
 
@@ -124,6 +214,39 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="runs/demo", help="output directory for metrics, plots, checkpoint")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer with the R1 special tokens",
+                       description="Tokenizer tools. `r1lab tokenizer train` trains byte-level BPE on text/JSONL "
+                                   "files and saves a Hugging Face tokenizer directory.")
+    tsub = s.add_subparsers(dest="action", metavar="ACTION", title="actions", required=True)
+    t = tsub.add_parser("train", help="train on text files or JSONL (every string of every record)",
+                        description="Train a byte-level BPE tokenizer (special tokens first: BOS id 0, EOS id 1) "
+                                    "and write tokenizer.json + tokenizer_config.json (with the R1 chat template).")
+    t.add_argument("--input", nargs="+", required=True, metavar="FILE",
+                   help="plain-text files, or .jsonl files whose string fields are the text")
+    t.add_argument("--vocab-size", type=int, required=True, help="total vocabulary, special tokens included")
+    t.add_argument("out_dir", metavar="OUT_DIR")
+    t.add_argument("--force", action="store_true", help="write into a non-empty directory")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_tokenizer_train)
+
+    s = sub.add_parser("tokenize", help="show the token ids and pieces of a text",
+                       description="Encode TEXT and show each id with its piece (debugging).")
+    s.add_argument("text", metavar="TEXT", help='the text, or "-" to read standard input')
+    s.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: the shipped tokenizer)")
+    s.add_argument("--add-special-tokens", action="store_true", help="apply the tokenizer's post-processor (BOS)")
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s.set_defaults(func=cmd_tokenize)
+
+    s = sub.add_parser("template", help="show the R1 chat prompt rendered from a messages JSON file",
+                       description="Render a JSON list of {role, content} messages (or {\"messages\": [...]}) "
+                                   "with the DeepSeek-R1 chat template; the prompt goes to stdout verbatim.")
+    s.add_argument("messages", metavar="MESSAGES.json", help='the messages file, or "-" for standard input')
+    s.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: the shipped tokenizer)")
+    s.add_argument("--no-generation-prompt", action="store_true",
+                   help="do not end with the generation prompt <｜Assistant｜><think>\\n")
+    s.add_argument("--ids", action="store_true", help="print the token ids (JSON) instead of the text")
+    s.set_defaults(func=cmd_template)
     return p
 
 
@@ -143,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (CLIError, ConfigError) as e:
+    except (CLIError, ConfigError, TokenizerError) as e:
         print(f"r1lab: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # known library errors carry one-line messages
