@@ -20,7 +20,7 @@ PIP := $(VPY) -m pip
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install install-test demo test bench clean
+.PHONY: help install install-test demo test test-all bench clean
 
 help:
 	@echo "r1lab make targets:"
@@ -29,6 +29,7 @@ help:
 	@echo "  install-test  as install, plus the [test] extras"
 	@echo "  demo          run 'r1lab demo' from $(VENV)"
 	@echo "  test          run the test suite (fails if no tests are collected)"
+	@echo "  test-all      the test suite including slow tests"
 	@echo "  bench         run benchmarks/train_step.py"
 	@echo "  clean         remove $(VENV) and build artefacts"
 	@echo "variables: PY=$(PY) VENV=$(VENV) TORCH=$(TORCH) TORCH_PIP_ARGS=$(TORCH_PIP_ARGS) PYTEST_ARGS=$(PYTEST_ARGS)"
@@ -58,6 +59,10 @@ test: $(VENV)/.installed-test
 	if [ $$rc -eq 5 ]; then echo "make test: FAILED - pytest collected no tests (exit 5)" >&2; \
 	elif [ $$rc -ne 0 ]; then echo "make test: FAILED - pytest exit status $$rc" >&2; fi; \
 	exit $$rc
+
+# also the slow tests (torch.compile of the fast training path: minutes when cold)
+test-all: $(VENV)/.installed-test
+	$(VPY) -m pytest -m "" $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed
 	$(VPY) benchmarks/train_step.py

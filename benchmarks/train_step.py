@@ -1,5 +1,10 @@
 """Training-step throughput: r1lab's DeepSeek-V3 vs transformers' DeepseekV3ForCausalLM.
 
+Three columns: "ours" is the plain model (r1lab/model/deepseek.py as written), "ours
+(optimized)" the same weights after ``r1lab.model.fast.optimize_for_training`` (grouped-mm
+experts, fused input projections, torch.compile of the whole model; the compile happens
+in its first warm-up step, whose time is printed), "transformers" the reference.
+
 Both models get the same config (``r1lab.config.preset("bench")`` by default) and the
 same weights: ours is built with ``build_model(cfg, seed=0)``, written with
 ``r1lab.checkpoint.save_model`` and loaded back by ``transformers.AutoModelForCausalLM``.
@@ -50,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import r1lab  # noqa: E402
 from r1lab.checkpoint import save_model  # noqa: E402
 from r1lab.config import preset  # noqa: E402
+from r1lab.model.fast import optimize_for_training  # noqa: E402
 
 LOGIT_TOL = 1e-4
 EXPERT_IMPLS = ("grouped_mm", "batched_mm", "eager")
@@ -272,7 +278,11 @@ def main(argv=None) -> int:
     ap.add_argument("--optim", default="auto", choices=("auto", "fused", "foreach", "for-loop"),
                     help="AdamW implementation for both models (default: first of fused/foreach/for-loop that works)")
     ap.add_argument("--json", type=Path, default=None, help="write the figures to this JSON file")
+    ap.add_argument("--optimized", default="compile", choices=("compile", "eager", "off"),
+                    help="the 'ours (optimized)' column: optimize_for_training with torch.compile (default), "
+                         "without it, or no such column")
     ap.add_argument("--profile", action="store_true", help="after timing, torch.profiler 2 steps of OUR model")
+    ap.add_argument("--profile-optimized", action="store_true", help="same for the optimized model")
     ap.add_argument("--profile-hf", action="store_true", help="same for the transformers model")
     args = ap.parse_args(argv)
     if args.steps < 1 or args.batch < 1 or args.seq < 2:
@@ -328,16 +338,36 @@ def main(argv=None) -> int:
     assert abs(loss_o - loss_h) < 1e-4, (loss_o, loss_h)
     del lo, lh
 
+    # --- ours (optimized): a second copy of the same weights, sped up in place
+    fast = compile_s = None
+    if args.optimized != "off":
+        fast = optimize_for_training(r1lab.build_model(cfg, seed=0), compile=args.optimized == "compile").train()
+        c0 = time.perf_counter()
+        lf = ours_logits(fast, ids).detach()  # with grad enabled: compiles the graph the training steps use
+        compile_s = time.perf_counter() - c0
+        fast.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            max_diff_fast = (lf - hf_logits(hf, ids)).abs().max().item()
+        log(f"ours (optimized, {args.optimized}): first forward {compile_s:.1f} s"
+            + (" (includes torch.compile)" if args.optimized == "compile" else "")
+            + f"; max |logit diff| vs transformers {max_diff_fast:.2e}")
+        assert max_diff_fast <= LOGIT_TOL, f"optimized logits differ by {max_diff_fast:.3e} > {LOGIT_TOL}"
+        del lf
+
     opt_o, optim_mode = make_optimizer(ours, args.optim)
     opt_h, _ = make_optimizer(hf, optim_mode)
-    log(f"optimizer: torch.optim.AdamW(lr=1e-4, {optim_mode}) for both")
+    opt_f = make_optimizer(fast, optim_mode)[0] if fast is not None else None
+    log(f"optimizer: torch.optim.AdamW(lr=1e-4, {optim_mode}) for all")
 
     # --- machine peak
     peak = matmul_peak()
     log(f"fp32 matmul peak (2048^3, best of 8): {peak:.1f} GFLOP/s")
 
     # --- timing: warm up, then interleave the two models step by step
-    runs = {"ours": (ours, ours_logits, opt_o), "transformers": (hf, hf_logits, opt_h)}
+    runs = {"ours": (ours, ours_logits, opt_o)}
+    if fast is not None:
+        runs["ours_optimized"] = (fast, ours_logits, opt_f)
+    runs["transformers"] = (hf, hf_logits, opt_h)
     for _ in range(args.warmup):
         for model, fn, opt in runs.values():
             train_step(model, fn, opt, ids, targets)
@@ -362,7 +392,10 @@ def main(argv=None) -> int:
                   "step_times_s": times[k], "cpu_times_s": cpu_times[k],
                   "median_cpu_s": statistics.median(cpu_times[k]), "tokens_per_s": tok_s,
                   "mfu": tok_s * flops_tok / (peak * 1e9), "losses": losses[k]}
-    ratio = res["ours"]["tokens_per_s"] / res["transformers"]["tokens_per_s"]
+    hf_res = res["transformers"]
+    ratios = {k: res[k]["tokens_per_s"] / hf_res["tokens_per_s"] for k in runs if k != "transformers"}
+    ratio = ratios["ours"]
+    ratio_opt = ratios.get("ours_optimized")
 
     log()
     log(f"config: preset {args.preset!r}, {counts['total'] / 1e6:.2f}M parameters "
@@ -373,19 +406,32 @@ def main(argv=None) -> int:
         f"(attention scores/values not included: +{attn_tok / 1e6:.2f} MFLOP/token at T={args.seq}, "
         f"{100 * attn_tok / flops_tok:.0f}% more)")
     log(f"batch {args.batch} × {args.seq} = {n_tok} tokens/step, fp32, {args.warmup} warm-up + {args.steps} timed steps each, interleaved")
+    if compile_s is not None:
+        log(f"ours (optimized): optimize_for_training(compile={args.optimized == 'compile'}), "
+            f"first forward (compile) {compile_s:.1f} s")
     log()
-    w = 14
-    log(f"{'':<22}{'ours':>{w}}{'transformers':>{w}}{'ours/transf.':>{w}}")
-    log(f"{'median step (ms)':<22}{res['ours']['median_step_s'] * 1e3:>{w}.1f}{res['transformers']['median_step_s'] * 1e3:>{w}.1f}"
-        f"{res['ours']['median_step_s'] / res['transformers']['median_step_s']:>{w}.3f}")
+    # columns: each model, then each of ours vs transformers (time ratio theirs/ours = speed-up)
+    w = 15
+    names = {"ours": "ours", "ours_optimized": "ours (opt.)", "transformers": "transformers"}
+    speedup = {"ours": "speed-up ours", "ours_optimized": "speed-up opt."}
+    head = "".join(f"{names[k]:>{w}}" for k in runs) + "".join(f"{speedup[k]:>{w}}" for k in ratios)
+    log(f"{'':<22}{head}")
+
+    def row(label, key, fmt, scale=1.0, speedup=False):
+        cells = "".join(f"{res[k][key] * scale:>{w}{fmt}}" for k in runs)
+        for k in ratios:  # >1 means ours is better
+            r = hf_res[key] / res[k][key] if speedup else res[k][key] / hf_res[key]
+            cells += f"{r:>{w}.3f}"
+        log(f"{label:<22}{cells}")
+
+    row("median step (ms)", "median_step_s", ".1f", 1e3, speedup=True)
     log(f"{'min / max step (ms)':<22}"
         + "".join(f"{res[k]['min_step_s'] * 1e3:>{w - 7}.0f} /{res[k]['max_step_s'] * 1e3:>5.0f}" for k in runs))
-    log(f"{'median CPU s/step':<22}{res['ours']['median_cpu_s']:>{w}.2f}{res['transformers']['median_cpu_s']:>{w}.2f}"
-        f"{res['ours']['median_cpu_s'] / res['transformers']['median_cpu_s']:>{w}.3f}")
-    log(f"{'tokens/s':<22}{res['ours']['tokens_per_s']:>{w}.0f}{res['transformers']['tokens_per_s']:>{w}.0f}{ratio:>{w}.3f}")
-    log(f"{'MFU (% of peak)':<22}{100 * res['ours']['mfu']:>{w}.2f}{100 * res['transformers']['mfu']:>{w}.2f}"
-        f"{res['ours']['mfu'] / res['transformers']['mfu']:>{w}.3f}")
-    log(f"{'final loss':<22}{losses['ours'][-1]:>{w}.4f}{losses['transformers'][-1]:>{w}.4f}")
+    row("median CPU s/step", "median_cpu_s", ".2f", speedup=True)
+    row("tokens/s", "tokens_per_s", ".0f")
+    row("MFU (% of peak)", "mfu", ".2f", 100)
+    log(f"{'final loss':<22}" + "".join(f"{losses[k][-1]:>{w}.4f}" for k in runs))
+    log("(speed-up columns: vs transformers, >1 = ours faster; for times it is transformers' / ours)")
     log(f"load average at end: {load_avg()} (1/5/15 min; timings are only clean when it stays below the thread count)")
     spread = max(res[k]["max_step_s"] / res[k]["min_step_s"] for k in runs)
     if spread > 1.3:
@@ -393,8 +439,12 @@ def main(argv=None) -> int:
             f"absolute figures, rerun with more --steps, or use --threads 1 (CPU s/step then ignores other load)")
     log(f"(peak {peak:.1f} GFLOP/s fp32; transformers: sdpa + experts_implementation={impl}; AdamW {optim_mode})")
     log()
-    log(f"RESULT ours_tok_s={res['ours']['tokens_per_s']:.1f} hf_tok_s={res['transformers']['tokens_per_s']:.1f} "
-        f"ratio={ratio:.3f} ours_mfu={res['ours']['mfu']:.4f} hf_mfu={res['transformers']['mfu']:.4f} peak_gflops={peak:.1f}")
+    result = (f"RESULT ours_tok_s={res['ours']['tokens_per_s']:.1f} hf_tok_s={hf_res['tokens_per_s']:.1f} "
+              f"ratio={ratio:.3f} ours_mfu={res['ours']['mfu']:.4f} hf_mfu={hf_res['mfu']:.4f} peak_gflops={peak:.1f}")
+    if ratio_opt is not None:
+        result += (f" opt_tok_s={res['ours_optimized']['tokens_per_s']:.1f} ratio_opt={ratio_opt:.3f}"
+                   f" opt_mfu={res['ours_optimized']['mfu']:.4f} opt_compile_s={compile_s:.1f}")
+    log(result)
 
     if args.json:
         payload = {
@@ -407,6 +457,8 @@ def main(argv=None) -> int:
             "experts_impl_trials_s": trials, "logit_max_abs_diff": max_diff,
             "load_average_start": load_start, "load_average_end": load_avg(),
             "tokens_per_step": n_tok, "ours": res["ours"], "transformers": res["transformers"], "ratio": ratio,
+            "ours_optimized": res.get("ours_optimized"), "ratio_optimized": ratio_opt,
+            "optimized_mode": args.optimized, "optimized_first_forward_s": compile_s,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
@@ -414,6 +466,8 @@ def main(argv=None) -> int:
 
     if args.profile:
         log(profile_steps("ours", ours, ours_logits, opt_o, ids, targets))
+    if args.profile_optimized and fast is not None:
+        log(profile_steps(f"ours (optimized, {args.optimized})", fast, ours_logits, opt_f, ids, targets))
     if args.profile_hf:
         log(profile_steps(f"transformers ({impl})", hf, hf_logits, opt_h, ids, targets))
     return 0

@@ -2,8 +2,8 @@
 of pre-training of the tiny MoE model on synthetic addition, with a before/after table,
 JSONL metrics, a loss plot and a checkpoint. (Later stages replace this with R1-Zero.)
 
-Text is encoded as bytes (id = byte + 2; 0 = BOS, 1 = EOS) so the demo needs no
-tokenizer files. The objective is the full V3 one: next-token CE + λ·MTP CE +
+Text is encoded with the shipped tokenizer of the `tiny` preset (every digit is one
+token). The objective is the full V3 one: next-token CE + λ·MTP CE +
 α·sequence balance loss, with the auxiliary-loss-free bias update after every step.
 """
 
@@ -18,18 +18,29 @@ from pathlib import Path
 
 import torch
 
-BOS, EOS, OFFSET = 0, 1, 2
 MTP_LAMBDA = 0.3          # SPEC §2: λ = 0.3 early in training
 BIAS_GAMMA = 0.01         # SPEC §2 uses γ = 0.001 over thousands of steps; a 1-minute run needs faster balancing
 EVAL_PROBLEMS = 64
 
 
+_TOKENIZER = None
+
+
+def tokenizer():
+    global _TOKENIZER
+    if _TOKENIZER is None:
+        from .tokenizer import load_tokenizer
+
+        _TOKENIZER = load_tokenizer(None)
+    return _TOKENIZER
+
+
 def encode(text: str) -> list[int]:
-    return [b + OFFSET for b in text.encode("utf-8")]
+    return tokenizer().encode(text)
 
 
 def decode(ids: list[int]) -> str:
-    return bytes(i - OFFSET for i in ids if i >= OFFSET and i - OFFSET < 256).decode("utf-8", "replace")
+    return tokenizer().decode(ids)
 
 
 def problem(rng: random.Random, digits: int | None = None) -> tuple[str, str]:
@@ -44,7 +55,7 @@ def batch(rng: random.Random, batch_size: int, seq_len: int) -> torch.Tensor:
     """Rows of BOS + problems separated by newlines, packed to seq_len + 1 tokens."""
     rows = []
     for _ in range(batch_size):
-        ids = [BOS]
+        ids = [tokenizer().bos_token_id]
         while len(ids) < seq_len + 1:
             q, a = problem(rng)
             ids += encode(q + a + "\n")
@@ -61,14 +72,14 @@ def greedy_answers(model, prompts: list[str], max_new: int = 4) -> list[str]:
         by_len.setdefault(len(encode(p)), []).append(p)
     newline = encode("\n")[0]
     for group in by_len.values():
-        ids = torch.tensor([[BOS] + encode(p) for p in group])
+        ids = torch.tensor([[tokenizer().bos_token_id] + encode(p) for p in group])
         for _ in range(max_new):
             nxt = model(ids).logits[:, -1].argmax(-1, keepdim=True)
             ids = torch.cat([ids, nxt], dim=1)
         for p, row in zip(group, ids[:, -max_new:].tolist()):
             out = []
             for t in row:
-                if t in (EOS, newline):
+                if t in (tokenizer().eos_token_id, newline):
                     break
                 out.append(t)
             answers[p] = decode(out)
@@ -197,7 +208,7 @@ def run_demo(seconds: float = 60.0, out_dir: Path = Path("runs/demo"), seed: int
     print(f"\n{step} steps, {tokens / elapsed:,.0f} tokens/s. Samples after training:")
     for q, a, g in rows1[:3] + rows2[:3]:
         print(f"  {q}{g:<6} ({'ok' if g == a else 'want ' + a})")
-    save_model(model, out_dir / "checkpoint")
+    save_model(model, out_dir / "checkpoint", tokenizer=tokenizer())
     _plot(metrics, out_dir / "loss.png")
     print(f"\nwrote {metrics_path}, {out_dir / 'loss.png'}, {out_dir / 'checkpoint'}/")
     return 0

@@ -58,13 +58,12 @@ class MLA(nn.Module):
     def forward(self, x, cos, sin, cache=None, absorbed: bool = False):
         B, T, _ = x.shape
         H = self.n_heads
-        if hasattr(self, "q_proj"):
-            q = self.q_proj(x)
-        else:
-            q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+        q, kv = self.project_inputs(x)
+        if hasattr(self, "q_a_proj"):
+            q = self.q_b_proj(self.q_a_layernorm(q))
         q_nope, q_rope = q.view(B, T, H, self.dn + self.dr).split([self.dn, self.dr], dim=-1)
         q_rope = apply_rope(q_rope, cos, sin, self.interleave)                   # (B, T, H, dr)
-        c_kv, k_rope = self.kv_a_proj_with_mqa(x).split([self.kv_lora_rank, self.dr], dim=-1)
+        c_kv, k_rope = kv.split([self.kv_lora_rank, self.dr], dim=-1)
         c_kv = self.kv_a_layernorm(c_kv)                                         # (B, T, r)
         k_rope = apply_rope(k_rope.unsqueeze(2), cos, sin, self.interleave).squeeze(2)  # (B, T, dr)
         if cache is not None:
@@ -75,6 +74,11 @@ class MLA(nn.Module):
         else:
             out = self.attend_expanded(q_nope, q_rope, c_kv, k_rope)
         return self.o_proj(out.reshape(B, T, H * self.dv))
+
+    def project_inputs(self, x):
+        """The two projections that read x: q (or the q latent under q-LoRA) and [c_kv ; k_rope]."""
+        q_in = self.q_proj if hasattr(self, "q_proj") else self.q_a_proj
+        return q_in(x), self.kv_a_proj_with_mqa(x)
 
     def attend_expanded(self, q_nope, q_rope, c_kv, k_rope):
         """Training form: per-head k = [W_UK c_kv ; k_rope], v = W_UV c_kv."""
@@ -217,7 +221,8 @@ class MoE(nn.Module):
         balance = None
         if self.training:
             with torch.no_grad():
-                self.expert_load += torch.bincount(indices.flatten(), minlength=self.n_experts).to(self.expert_load)
+                flat = indices.flatten()  # a scatter-add count: bincount's output shape depends on the data
+                self.expert_load.scatter_add_(0, flat, torch.ones_like(flat, dtype=self.expert_load.dtype))
             balance = self.sequence_balance_loss(scores.view(B, T, -1), indices.view(B, T, -1))
         return y, balance
 
