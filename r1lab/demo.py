@@ -21,6 +21,7 @@ import torch
 MTP_LAMBDA = 0.3          # SPEC §2: λ = 0.3 early in training
 BIAS_GAMMA = 0.01         # SPEC §2 uses γ = 0.001 over thousands of steps; a 1-minute run needs faster balancing
 EVAL_PROBLEMS = 64
+BATCH, SEQ_LEN, PEAK_LR = 8, 128, 5e-3   # small batches: more updates in a one-minute budget
 
 
 _TOKENIZER = None
@@ -159,7 +160,7 @@ def run_demo(seconds: float = 60.0, out_dir: Path = Path("runs/demo"), seed: int
     hard0, _ = evaluate(model, hard)
     loss0 = eval_loss(model, held_out)
 
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=PEAK_LR, betas=(0.9, 0.95), weight_decay=0.01)
     warmup, metrics = 20, []
     metrics_path = out_dir / "metrics.jsonl"
     tmp_metrics = metrics_path.with_suffix(".jsonl.tmp")
@@ -169,10 +170,10 @@ def run_demo(seconds: float = 60.0, out_dir: Path = Path("runs/demo"), seed: int
     with open(tmp_metrics, "w") as f:
         while time.time() - start < seconds:
             frac = min(1.0, (time.time() - start) / seconds)
-            lr = 3e-3 * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+            lr = PEAK_LR * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
             for g in opt.param_groups:
                 g["lr"] = lr
-            data = batch(rng, 16, 128)
+            data = batch(rng, BATCH, SEQ_LEN)
             out = model(data[:, :-1], targets=data[:, 1:])
             loss = out.loss + MTP_LAMBDA * out.mtp_loss + cfg.aux_loss_alpha * out.balance_loss
             opt.zero_grad(set_to_none=True)
@@ -197,7 +198,7 @@ def run_demo(seconds: float = 60.0, out_dir: Path = Path("runs/demo"), seed: int
     hard1, rows2 = evaluate(model, hard)
     loss1 = eval_loss(model, held_out)
     elapsed = time.time() - start
-    tokens = step * 16 * 128
+    tokens = step * BATCH * SEQ_LEN
     print()
     print(f"{'':<30}{'before':>10}{'after':>10}")
     print(f"{'held-out loss (nats/token)':<30}{loss0:>10.3f}{loss1:>10.3f}")
