@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +150,7 @@ class ModelConfig:
         def err(name: str, msg: str) -> ConfigError:
             return ConfigError(f"config field '{name}': {msg}")
 
+        self._check_types()
         if self.model_type not in MODEL_TYPES:
             raise err("model_type", f"unsupported value {self.model_type!r}; expected one of {', '.join(MODEL_TYPES)}")
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -168,6 +169,26 @@ class ModelConfig:
             self._validate_deepseek(err)
         else:
             self._validate_dense(err)
+
+    def _check_types(self) -> None:
+        """Every field against its annotation (JSON gives strings, bools and nulls anywhere)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            allowed = [t.strip() for t in str(f.type).split("|")]
+            if value is None and "None" in allowed:
+                continue
+            ok = (
+                ("bool" in allowed and isinstance(value, bool))
+                or ("int" in allowed and isinstance(value, int) and not isinstance(value, bool))
+                or ("float" in allowed and isinstance(value, (int, float)) and not isinstance(value, bool))
+                or ("str" in allowed and isinstance(value, str))
+                or ("dict" in allowed and isinstance(value, dict))
+                or ("list[int]" in allowed and isinstance(value, list)
+                    and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
+            )
+            if not ok:
+                want = " or ".join("null" if t == "None" else t for t in allowed)
+                raise ConfigError(f"config field '{f.name}': expected {want}, got {value!r}")
 
     def _validate_rope_scaling(self) -> None:
         rs = self.rope_scaling

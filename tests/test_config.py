@@ -52,6 +52,12 @@ def test_round_trip_through_dict():
         (dict(scoring_func="softmax"), "scoring_func"),
         (dict(qk_rope_head_dim=7), "qk_rope_head_dim"),
         (dict(model_type="gpt2"), "model_type"),
+        (dict(hidden_size="256"), "hidden_size"),
+        (dict(n_routed_experts=True), "n_routed_experts"),
+        (dict(norm_topk_prob="yes"), "norm_topk_prob"),
+        (dict(first_k_dense_replace=None), "first_k_dense_replace"),
+        (dict(eos_token_id=[1, "a"]), "eos_token_id"),
+        (dict(rope_scaling=[1, 2]), "rope_scaling"),
     ],
 )
 def test_invalid_values_name_the_field(changes, field):
