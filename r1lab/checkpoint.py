@@ -219,7 +219,12 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise CheckpointError(f"{index} is not a valid safetensors index ({e.__class__.__name__}: {e})") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index}: 'weight_map' must map tensor names to shard file names")
         files = sorted(set(weight_map.values()))
+        bad = next((f for f in files if Path(f).name != f or f in ("", ".", "..")), None)
+        if bad is not None:
+            raise CheckpointError(f"{index}: shard name {bad!r} is not a plain file name in the checkpoint directory")
     elif (path / WEIGHTS_NAME).is_file():
         files = [WEIGHTS_NAME]
     else:
@@ -273,6 +278,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
     for k, t in tensors.items():
         if tuple(t.shape) != tuple(expected[k].shape):
             raise CheckpointError(f"{path}: tensor {k} has shape {tuple(t.shape)}, config.json implies {tuple(expected[k].shape)}")
+        if expected[k].is_floating_point() and not t.is_floating_point():
+            raise CheckpointError(f"{path}: tensor {k} has dtype {t.dtype}; a floating-point weight is expected")
     target_dtype = dtype
     state = {}
     for k, t in tensors.items():

@@ -159,3 +159,21 @@ def test_dense_tied_checkpoint_has_no_lm_head(tmp_path):
     back = load_model(tmp_path / "ck")
     assert back.lm_head.weight is back.model.embed_tokens.weight
     assert _same(m, back)
+
+
+def test_hostile_index_and_dtypes(tmp_path):
+    ck = tmp_path / "ck"
+    save_model(build_model(_tiny(), seed=0), ck, max_shard_bytes=2_000_000)
+    index = json.loads((ck / "model.safetensors.index.json").read_text())
+    name = next(iter(index["weight_map"]))
+    index["weight_map"][name] = "../../etc/passwd"
+    (ck / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="not a plain file name"):
+        load_model(ck)
+    ck2 = tmp_path / "ck2"
+    save_model(build_model(_tiny(), seed=0), ck2)
+    t = load_file(ck2 / "model.safetensors")
+    t["model.norm.weight"] = torch.ones(t["model.norm.weight"].shape, dtype=torch.int32)
+    save_file(t, ck2 / "model.safetensors")
+    with pytest.raises(CheckpointError, match="floating-point"):
+        load_model(ck2)
