@@ -19,9 +19,13 @@ def __getattr__(name):  # lazy: keep `import r1lab` light
         from . import reasoning
 
         return getattr(reasoning, name)
+    if name in ("Engine", "EngineConfig", "SamplingParams", "SamplingError"):
+        from . import engine
+
+        return getattr(engine, name)
     raise AttributeError(f"module 'r1lab' has no attribute {name!r}")
 
 
 __all__ = ["ConfigError", "ModelConfig", "preset", "build_model", "load_model", "save_model", "load_tokenizer",
            "train_tokenizer", "render_chat", "TokenizerError", "split_reasoning", "extract_answer",
-           "ReasoningStreamParser", "__version__"]
+           "ReasoningStreamParser", "Engine", "EngineConfig", "SamplingParams", "SamplingError", "__version__"]

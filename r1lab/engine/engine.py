@@ -1,0 +1,480 @@
+"""The engine: a scheduler loop with continuous batching over a paged KV cache (issue 5).
+
+``Engine(model, tokenizer, EngineConfig(...))`` runs any r1lab model through the model
+seam (docs/architecture.md): ``model(input_ids, positions, cache=view)`` with a
+``BatchView`` of the engine-owned ``PagedKVCache``.
+
+One ``step()``:
+1. drop cancelled requests (their blocks return to the pool);
+2. admit waiting requests in FIFO order while their blocks fit and ``max_num_seqs``
+   allows — a request reserves ``n × ceil((prompt + max_new) / block_size)`` blocks at
+   admission, so a running sequence can never run out of cache (no preemption needed,
+   no out-of-memory by design); a request that could never fit is refused at once;
+3. one decode forward over every running sequence (one token each);
+4. one prefill forward over chunks (≤ ``prefill_chunk`` tokens each, ≤ ``max_batch_tokens``
+   in the step together with the decode tokens) of admitted prompts. A prompt is prefilled
+   once; when its last chunk is done its blocks are copied to its n-1 siblings and all n
+   sample their first token from the same logits;
+5. sample every row at once (sampler.py), append, finish on EOS / stop ids / stop strings /
+   max_tokens / context end, free finished sequences' blocks.
+
+Returned token ids include a final stop token (EOS or a stop id) with its logprob — the
+trainer needs it; ``text`` excludes the stop token / stop string unless ``include_stop``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping, Sequence
+
+import torch
+
+from .cache import CacheError, PagedKVCache
+from .sampler import SamplingError, SamplingParams, make_generator, sample
+
+STOP, LENGTH, CANCELLED = "stop", "length", "cancelled"
+REPLACEMENT_CHAR = "\ufffd"   # a decoded partial UTF-8 character: held back while streaming
+
+
+class EngineError(ValueError):
+    """A bad engine config or request (the message says which field)."""
+
+
+@dataclass
+class EngineConfig:
+    """max_batch_tokens: new tokens per step (decode tokens + prefill chunks).
+    kv_cache_bytes: the cache budget; the pool is allocated once, at this size or just under.
+    dtype: KV cache dtype (None = the model's). device: must be the model's (None = the model's).
+    block_size: tokens per cache block. max_num_seqs: running sequences at most.
+    prefill_chunk: most prompt tokens of one request per step."""
+
+    max_batch_tokens: int = 4096
+    kv_cache_bytes: int = 256 * 2**20
+    dtype: str | torch.dtype | None = None
+    device: str | torch.device | None = None
+    block_size: int = 16
+    max_num_seqs: int = 256
+    prefill_chunk: int = 512
+
+    def __post_init__(self):
+        for name in ("max_batch_tokens", "kv_cache_bytes", "block_size", "max_num_seqs", "prefill_chunk"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise EngineError(f"engine config field {name!r}: must be an integer >= 1, got {v!r}")
+        if isinstance(self.dtype, str):
+            dt = getattr(torch, self.dtype, None)
+            if not isinstance(dt, torch.dtype):
+                raise EngineError(f"engine config field 'dtype': unknown dtype {self.dtype!r}")
+            self.dtype = dt
+        if self.max_num_seqs > self.max_batch_tokens:
+            raise EngineError(f"engine config field 'max_num_seqs': must be <= max_batch_tokens "
+                              f"({self.max_batch_tokens}) so every running sequence decodes each step, "
+                              f"got {self.max_num_seqs}")
+
+
+@dataclass
+class CompletionOutput:
+    index: int
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    logprobs: list[float] = field(default_factory=list)           # raw model distribution (see sampler.py)
+    sampling_logprobs: list[float] = field(default_factory=list)  # distribution actually sampled from
+    top_logprobs: list[dict[int, float]] | None = None             # when SamplingParams.logprobs is set
+    finish_reason: str | None = None                               # 'stop' | 'length' | 'cancelled'
+    stop_reason: int | str | None = None                           # the stop token id or stop string matched
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass
+class RequestOutput:
+    request_id: int
+    prompt: str | None
+    prompt_token_ids: list[int]
+    outputs: list[CompletionOutput]
+
+    @property
+    def finished(self) -> bool:
+        return all(o.finished for o in self.outputs)
+
+
+@dataclass
+class StreamDelta:
+    """What one completion gained in one step (text held back while it may still change)."""
+
+    request_id: int
+    index: int
+    token_ids: list[int]
+    logprobs: list[float]
+    text: str
+    finish_reason: str | None
+
+
+# ------------------------------------------------------------------------- internals
+@dataclass
+class _Seq:
+    sid: int
+    req: "_Request"
+    out: CompletionOutput
+    generator: torch.Generator
+    text: str = ""          # incrementally decoded text (kept only when the request tracks text)
+    prefix_off: int = 0     # incremental detokenisation offsets (see Engine._advance_text)
+    read_off: int = 0
+    emitted_tokens: int = 0
+    emitted_text: int = 0
+
+
+@dataclass
+class _Request:
+    rid: int
+    prompt: str | None
+    prompt_ids: list[int]
+    params: SamplingParams
+    max_new: int
+    seqs: list[_Seq] = field(default_factory=list)
+    prefilled: int = 0
+    admitted: bool = False
+    stream: bool = False    # produce StreamDelta objects for this request
+
+    @property
+    def tracks_text(self) -> bool:
+        return self.stream or bool(self.params.stop)
+
+    @property
+    def prompt_done(self) -> bool:
+        return self.prefilled == len(self.prompt_ids)
+
+    @property
+    def done(self) -> bool:
+        return self.admitted and all(s.out.finished for s in self.seqs)
+
+    def output(self) -> RequestOutput:
+        return RequestOutput(self.rid, self.prompt, self.prompt_ids, [s.out for s in self.seqs])
+
+
+class Engine:
+    def __init__(self, model: torch.nn.Module, tokenizer, config: EngineConfig | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.config = config = config or EngineConfig()
+        p = next(model.parameters())
+        if config.device is not None and torch.device(config.device) != p.device:
+            # the engine never moves the model: a trainer hands it its live policy
+            raise EngineError(f"engine config field 'device': model is on {p.device}, config says {config.device}")
+        self.device = p.device
+        self.cfg = model.config
+        self.cache = PagedKVCache.from_budget(self.cfg, config.kv_cache_bytes, config.block_size,
+                                              config.dtype or p.dtype, self.device)
+        self.eos_token_id = getattr(tokenizer, "eos_token_id", None)
+        self._ids = itertools.count()
+        self._sids = itertools.count()
+        self.waiting: deque[_Request] = deque()
+        self.prefilling: list[_Request] = []
+        self.running: list[_Seq] = []
+        self.requests: dict[int, _Request] = {}
+        self._cancel: set[int] = set()
+
+    # -------------------------------------------------------------- public API
+    def generate(self, prompts, params: SamplingParams | Sequence[SamplingParams] | None = None) -> list[RequestOutput]:
+        """Complete every prompt (text, token ids, or chat messages); outputs in prompt order."""
+        rids = self._add_all(prompts, params)
+        with _eval(self.model):  # once, not per step
+            while not all(self.requests[r].done for r in rids):
+                self.step()
+        return [self.requests.pop(r).output() for r in rids]
+
+    def stream(self, prompts, params=None) -> Iterator[StreamDelta]:
+        """Like ``generate`` but yields per-completion deltas as they are produced. Leaving the
+        loop early cancels the remaining requests."""
+        rids = self._add_all(prompts, params, stream=True)
+        mine = set(rids)
+        try:
+            while not all(self.requests[r].done for r in rids):
+                for d in self.step():
+                    if d.request_id in mine:
+                        yield d
+        finally:
+            live = [r for r in rids if not self.requests[r].done]
+            for r in live:
+                self.cancel(r)
+            if live:
+                self.step()
+            for r in rids:
+                self.requests.pop(r, None)
+
+    def add_request(self, prompt, params: SamplingParams | None = None, stream: bool = False) -> int:
+        """Queue one prompt; returns its request id (for ``cancel``/``output``). ``step()`` advances
+        it and, with ``stream=True``, returns its deltas."""
+        return self._queue([self._make_request(prompt, params, stream)])[0]
+
+    def _queue(self, reqs: list[_Request]) -> list[int]:
+        for req in reqs:
+            self.requests[req.rid] = req
+            self.waiting.append(req)
+        return [r.rid for r in reqs]
+
+    def _make_request(self, prompt, params: SamplingParams | None, stream: bool) -> _Request:
+        """Validate one prompt + params into a request (nothing is queued if this raises)."""
+        params = params or SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise SamplingError(f"params must be SamplingParams, got {type(params).__name__}")
+        text, ids = self._prompt_ids(prompt)
+        ctx = self.cfg.max_position_embeddings
+        if len(ids) >= ctx:
+            raise EngineError(f"prompt has {len(ids)} tokens; the model's context is {ctx}")
+        if params.max_tokens > ctx:
+            raise SamplingError(f"max_tokens must be <= the model's context ({ctx}), got {params.max_tokens}")
+        max_new = min(params.max_tokens, ctx - len(ids))
+        need = params.n * self.cache.blocks_for(len(ids) + max_new)
+        if need > self.cache.num_blocks:
+            raise CacheError(f"request needs {need} KV blocks (n={params.n} × {len(ids)} prompt + {max_new} new "
+                             f"tokens) but the whole cache has {self.cache.num_blocks}; raise kv_cache_bytes "
+                             f"(now {self.config.kv_cache_bytes}) or lower n/max_tokens")
+        if params.n > self.config.max_num_seqs:
+            raise EngineError(f"n={params.n} exceeds max_num_seqs={self.config.max_num_seqs}")
+        return _Request(next(self._ids), text, ids, params, max_new, stream=stream)
+
+    def cancel(self, request_id: int) -> None:
+        """Stop a request; its completions finish with 'cancelled' and its blocks are freed at the next step."""
+        if request_id in self.requests:
+            self._cancel.add(request_id)
+
+    def output(self, request_id: int, release: bool = False) -> RequestOutput:
+        """The request's outputs so far; ``release=True`` forgets a finished request (servers
+        driving ``add_request``/``step`` themselves must release, or finished requests pile up)."""
+        req = self.requests[request_id]
+        out = req.output()
+        if release:
+            if not req.done:
+                raise EngineError(f"request {request_id} is not finished; cancel it first")
+            del self.requests[request_id]
+        return out
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.prefilling or self.running)
+
+    # -------------------------------------------------------------- the loop
+    def step(self) -> list[StreamDelta]:
+        """One scheduler iteration (module docstring); returns the deltas it produced."""
+        with torch.inference_mode(), _eval(self.model):
+            deltas = self._drop_cancelled()
+            self._admit()
+            rows: list[tuple[torch.Tensor, _Seq]] = []   # (logits row, sequence to sample for)
+            if self.running:
+                rows += self._decode(self.running)
+            rows += self._prefill()
+            if rows:
+                deltas += self._sample_and_append(rows)
+        return deltas
+
+    def _admit(self) -> None:
+        cfg = self.config
+        while self.waiting:
+            req = self.waiting[0]
+            n = req.params.n
+            active = len(self.running) + sum(r.params.n for r in self.prefilling)
+            need = n * self.cache.blocks_for(len(req.prompt_ids) + req.max_new)
+            if active + n > cfg.max_num_seqs or need > self.cache.free_blocks():
+                return
+            self.waiting.popleft()
+            for i in range(n):
+                sid = next(self._sids)
+                self.cache.reserve(sid, len(req.prompt_ids) + req.max_new)
+                gen = make_generator(req.params.seed, i)
+                out = CompletionOutput(i, top_logprobs=[] if req.params.logprobs is not None else None)
+                req.seqs.append(_Seq(sid, req, out, gen))
+            req.admitted = True
+            self.prefilling.append(req)
+
+    def _decode(self, seqs: list[_Seq]):
+        cached = [len(s.req.prompt_ids) + len(s.out.token_ids) - 1 for s in seqs]
+        view = self.cache.batch_view([s.sid for s in seqs], cached, [1] * len(seqs))
+        ids = torch.tensor([[s.out.token_ids[-1]] for s in seqs], device=self.device)
+        logits = self.model(ids, positions=view.positions, cache=view).logits[:, -1]
+        return list(zip(logits, seqs))
+
+    def _prefill(self):
+        budget = self.config.max_batch_tokens - len(self.running)
+        chunks = []
+        for req in self.prefilling:
+            take = min(self.config.prefill_chunk, len(req.prompt_ids) - req.prefilled, budget)
+            if take <= 0:
+                break
+            chunks.append((req, take))
+            budget -= take
+        if not chunks:
+            return []
+        T = max(t for _, t in chunks)
+        ids = torch.zeros(len(chunks), T, dtype=torch.long)
+        for i, (req, t) in enumerate(chunks):
+            ids[i, :t] = torch.tensor(req.prompt_ids[req.prefilled: req.prefilled + t])
+        view = self.cache.batch_view([r.seqs[0].sid for r, _ in chunks], [r.prefilled for r, _ in chunks],
+                                     [t for _, t in chunks])
+        logits = self.model(ids.to(self.device), positions=view.positions, cache=view).logits
+        rows = []
+        for i, (req, t) in enumerate(chunks):
+            req.prefilled += t
+            if req.prompt_done:  # fork: the siblings get a copy of the prompt's cache
+                self.prefilling.remove(req)
+                for s in req.seqs[1:]:
+                    self.cache.copy_prefix(req.seqs[0].sid, s.sid, len(req.prompt_ids))
+                rows += [(logits[i, t - 1], s) for s in req.seqs]
+                self.running += req.seqs
+        return rows
+
+    def _sample_and_append(self, rows) -> list[StreamDelta]:
+        seqs = [s for _, s in rows]
+        k = max((s.req.params.logprobs or 0) for s in seqs)
+        res = sample(torch.stack([r for r, _ in rows]), [s.req.params for s in seqs], [s.generator for s in seqs],
+                     top_logprobs=k)
+        tokens, lps, slps = res.token_ids.tolist(), res.logprobs.tolist(), res.sampling_logprobs.tolist()
+        deltas = []
+        for i, s in enumerate(seqs):
+            out = s.out
+            out.token_ids.append(tokens[i])
+            out.logprobs.append(lps[i])
+            out.sampling_logprobs.append(slps[i])
+            if out.top_logprobs is not None:
+                m = s.req.params.logprobs
+                out.top_logprobs.append(dict(zip(res.top_ids[i, :m].tolist(), res.top_logprobs[i, :m].tolist())))
+            self._check_finished(s)
+            if s.req.stream:
+                deltas.append(self._delta(s))
+        return deltas
+
+    # -------------------------------------------------------------- finishing
+    def _check_finished(self, s: _Seq) -> None:
+        out, p = s.out, s.req.params
+        tok = out.token_ids[-1]
+        if tok == self.eos_token_id or tok in p.stop_token_ids:
+            self._finish(s, STOP, tok)
+            return
+        if s.req.tracks_text:
+            new = self._advance_text(s)
+            if p.stop and new and (hit := self._find_stop(s, len(new))) is not None:
+                self._finish(s, STOP, hit)
+                return
+        if len(out.token_ids) >= s.req.max_new:
+            self._finish(s, LENGTH, None)
+
+    def _advance_text(self, s: _Seq) -> str:
+        """Append the text of the newest tokens to ``s.text`` (returned), decoding only a short
+        window; text ending in a partial UTF-8 character waits for the next token."""
+        ids = s.out.token_ids
+        before = self.tokenizer.decode(ids[s.prefix_off: s.read_off])
+        after = self.tokenizer.decode(ids[s.prefix_off:])
+        if len(after) <= len(before) or after.endswith(REPLACEMENT_CHAR):
+            return ""
+        s.prefix_off, s.read_off = s.read_off, len(ids)
+        new = after[len(before):]
+        s.text += new
+        return new
+
+    def _find_stop(self, s: _Seq, new_chars: int) -> str | None:
+        """The stop string occurring first among those that end in the newest ``new_chars`` characters."""
+        longest = max(len(x) for x in s.req.params.stop)
+        start = max(0, len(s.text) - new_chars - longest + 1)
+        hits = [(at, x) for x in s.req.params.stop if (at := s.text.find(x, start)) >= 0]
+        return min(hits)[1] if hits else None
+
+    def _finish(self, s: _Seq, reason: str, stop_reason) -> None:
+        out = s.out
+        out.finish_reason, out.stop_reason = reason, stop_reason
+        out.text = self._final_text(s)
+        self.cache.free(s.sid)
+        if s in self.running:
+            self.running.remove(s)
+
+    def _final_text(self, s: _Seq) -> str:
+        out, p = s.out, s.req.params
+        ids = out.token_ids
+        if isinstance(out.stop_reason, int) and not p.include_stop:
+            ids = ids[:-1]
+        text = self.tokenizer.decode(ids)
+        if isinstance(out.stop_reason, str):
+            cut = text.find(out.stop_reason)
+            text = text[: cut + (len(out.stop_reason) if p.include_stop else 0)]
+        return text
+
+    def _visible_text(self, s: _Seq) -> str:
+        """Text safe to stream: complete characters, minus a tail a stop string may still claim."""
+        if s.out.finished:
+            return s.out.text
+        hold = max((len(x) for x in s.req.params.stop), default=1) - 1
+        return s.text[: len(s.text) - hold] if hold else s.text
+
+    def _delta(self, s: _Seq) -> StreamDelta:
+        out = s.out
+        text = self._visible_text(s)
+        d = StreamDelta(s.req.rid, out.index, out.token_ids[s.emitted_tokens:], out.logprobs[s.emitted_tokens:],
+                        text[s.emitted_text:], out.finish_reason)
+        s.emitted_tokens, s.emitted_text = len(out.token_ids), max(len(text), s.emitted_text)
+        return d
+
+    def _drop_cancelled(self) -> list[StreamDelta]:
+        deltas = []
+        for rid in self._cancel:
+            req = self.requests.get(rid)
+            if req is None:
+                continue
+            if req in self.waiting:
+                self.waiting.remove(req)
+                req.seqs = [_Seq(-1, req, CompletionOutput(i, finish_reason=CANCELLED), torch.Generator())
+                            for i in range(req.params.n)]
+                req.admitted = True
+            if req in self.prefilling:
+                self.prefilling.remove(req)
+            for s in req.seqs:
+                if not s.out.finished:
+                    self._finish(s, CANCELLED, None)
+                    if req.stream:
+                        deltas.append(self._delta(s))
+        self._cancel.clear()
+        return deltas
+
+    # -------------------------------------------------------------- prompts
+    def _add_all(self, prompts, params, stream: bool = False) -> list[int]:
+        if isinstance(prompts, (str, Mapping)) or (isinstance(prompts, Sequence) and prompts
+                                                    and isinstance(prompts[0], (int, Mapping))):
+            prompts = [prompts]
+        plist = params if isinstance(params, Sequence) else [params] * len(prompts)
+        if len(plist) != len(prompts):
+            raise EngineError(f"got {len(prompts)} prompts but {len(plist)} SamplingParams")
+        return self._queue([self._make_request(p, sp, stream) for p, sp in zip(prompts, plist)])
+
+    def _prompt_ids(self, prompt) -> tuple[str | None, list[int]]:
+        """Text is encoded as is (no BOS added: the chat template writes its own); a list of
+        ints is token ids; a list of {role, content} dicts is rendered with the chat template."""
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt)
+            text = prompt
+        elif isinstance(prompt, Sequence) and prompt and all(isinstance(m, Mapping) for m in prompt):
+            text = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+            ids = self.tokenizer.encode(text)
+        elif isinstance(prompt, Sequence) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            ids, text = [int(t) for t in prompt], None
+        else:
+            raise EngineError(f"a prompt must be text, token ids or chat messages, got {type(prompt).__name__}")
+        if not ids:
+            raise EngineError("empty prompt")
+        V = self.cfg.vocab_size
+        if any(not 0 <= t < V for t in ids):
+            raise EngineError(f"prompt token ids must be in 0..{V - 1}")
+        return text, ids
+
+
+@contextlib.contextmanager
+def _eval(model: torch.nn.Module):
+    """model.eval() for the step, the caller's mode restored after (a trainer's live policy)."""
+    was = model.training
+    if was:  # train()/eval() walk every module: skip when there is nothing to switch
+        model.eval()
+    try:
+        yield
+    finally:
+        if was:
+            model.train()
