@@ -136,6 +136,17 @@ def cmd_tokenize(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    from .generate import run_generate
+
+    if (args.prompt is None) == (args.prompts is None):
+        raise CLIError("give exactly one of --prompt TEXT or --prompts FILE.jsonl")
+    return run_generate(args.model, args.prompt, args.prompts, n=args.n, temperature=args.temperature,
+                        top_p=args.top_p, top_k=args.top_k, max_tokens=args.max_tokens, seed=args.seed,
+                        chat=args.chat, output=args.output, tokenizer_dir=args.tokenizer,
+                        kv_cache_mb=args.kv_cache_mb)
+
+
 def cmd_template(args) -> int:
     from .tokenizer import load_tokenizer
 
@@ -247,6 +258,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not end with the generation prompt <｜Assistant｜><think>\\n")
     s.add_argument("--ids", action="store_true", help="print the token ids (JSON) instead of the text")
     s.set_defaults(func=cmd_template)
+
+    s = sub.add_parser("generate", help="complete prompts with a model checkpoint (streams a single prompt)",
+                       description="Generate with the r1lab engine (continuous batching, latent KV cache). "
+                                   "One prompt streams to the terminal; a JSONL file of prompts writes JSONL.")
+    s.add_argument("--model", required=True, metavar="DIR", help="checkpoint directory")
+    s.add_argument("--prompt", help="one prompt (text; with --chat, the user message)")
+    s.add_argument("--prompts", metavar="FILE.jsonl",
+                   help="JSONL: a string, or {\"prompt\": text} or {\"messages\": [...]} per line")
+    s.add_argument("--chat", action="store_true", help="wrap text prompts as a user turn of the R1 chat template")
+    s.add_argument("--n", type=int, default=1, help="completions per prompt (default 1)")
+    s.add_argument("--temperature", type=float, default=0.6, help="0 = greedy (default 0.6, SPEC §7)")
+    s.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default 0.95)")
+    s.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
+    s.add_argument("--max-tokens", type=int, default=256, help="new tokens per completion (default 256)")
+    s.add_argument("--seed", type=int, help="random seed (reproducible outputs)")
+    s.add_argument("--output", metavar="FILE.jsonl", help="write completions here (default: stdout)")
+    s.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: the checkpoint's)")
+    s.add_argument("--kv-cache-mb", type=float, default=256.0, help="KV-cache budget in MiB (default 256)")
+    s.set_defaults(func=cmd_generate)
     return p
 
 
@@ -271,8 +301,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as e:  # known library errors carry one-line messages
         from .checkpoint import CheckpointError
+        from .engine.cache import CacheError
+        from .engine.engine import EngineError
+        from .engine.sampler import SamplingError
+        from .generate import GenerateError
 
-        if isinstance(e, (CheckpointError, FileNotFoundError, PermissionError, IsADirectoryError)):
+        known = (CheckpointError, CacheError, EngineError, SamplingError, GenerateError,
+                 FileNotFoundError, PermissionError, IsADirectoryError)
+        if isinstance(e, known):
             print(f"r1lab: error: {e}", file=sys.stderr)
             return 2
         raise

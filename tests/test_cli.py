@@ -10,7 +10,7 @@ import torch
 from r1lab import load_model
 from r1lab.cli import build_parser, main
 
-VERBS = {"info", "init", "demo", "tokenizer", "tokenize", "template"}  # frozen surface: change on purpose, update here
+VERBS = {"info", "init", "demo", "tokenizer", "tokenize", "template", "generate"}  # frozen surface: change on purpose, update here
 
 
 def run(*args, check=False):
@@ -101,4 +101,55 @@ def test_bad_flag_values():
     p = run("info", "tiny", "--mfu", "3")
     assert p.returncode == 2 and "--mfu" in p.stderr and "Traceback" not in p.stderr
     p = run("info", "tiny", "--tokens", "1e9", "--gpu", "tpu9")
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+
+
+def test_generate_streams_one_prompt_and_writes_jsonl(tmp_path):
+    ck = tmp_path / "ck"
+    assert main(["init", "--preset", "tiny", str(ck), "--seed", "1"]) == 0
+    p = run("generate", "--model", str(ck), "--prompt", "12+34=", "--max-tokens", "6", "--temperature", "0")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.endswith("\n") and len(p.stdout) > 1
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('"1+1="\n{"prompt": "2+2="}\n{"messages": [{"role": "user", "content": "3+3?"}]}\n')
+    out = tmp_path / "out.jsonl"
+    p = run("generate", "--model", str(ck), "--prompts", str(prompts), "--n", "2", "--max-tokens", "5",
+            "--seed", "0", "--output", str(out))
+    assert p.returncode == 0, p.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 3 and all(len(r["completions"]) == 2 for r in rows)
+    assert all(len(c["token_ids"]) <= 5 and c["finish_reason"] in ("stop", "length")
+               for r in rows for c in r["completions"])
+    assert "reasoning" in rows[2]["completions"][0]  # chat prompts are split into reasoning/answer
+    p2 = run("generate", "--model", str(ck), "--prompts", str(prompts), "--n", "2", "--max-tokens", "5",
+             "--seed", "0", "--output", str(tmp_path / "again.jsonl"))
+    assert p2.returncode == 0 and (tmp_path / "again.jsonl").read_text() == out.read_text()  # seeded
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--top-p", "2"], "top_p"),
+        (["--temperature", "-1"], "temperature"),
+        (["--n", "0"], "n"),
+        (["--max-tokens", "999999"], "max_tokens"),
+    ],
+)
+def test_generate_bad_sampling_parameters(tmp_path, extra, needle):
+    ck = tmp_path / "ck"
+    assert main(["init", "--preset", "tiny", str(ck)]) == 0
+    p = run("generate", "--model", str(ck), "--prompt", "hi", *extra)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0]
+
+
+def test_generate_bad_prompt_file(tmp_path):
+    ck = tmp_path / "ck"
+    assert main(["init", "--preset", "tiny", str(ck)]) == 0
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('"ok"\n{not json\n')
+    p = run("generate", "--model", str(ck), "--prompts", str(bad))
+    assert p.returncode == 2 and "line 2" in p.stderr and "Traceback" not in p.stderr
+    p = run("generate", "--model", str(tmp_path / "nope"), "--prompt", "x")
     assert p.returncode == 2 and "Traceback" not in p.stderr

@@ -1,0 +1,118 @@
+"""`r1lab generate`: complete prompts with the engine, streaming one prompt to the terminal
+or writing a JSONL file of completions for many (with a progress bar).
+
+Prompt files are JSONL: each line is a JSON string, or an object with ``prompt`` (text) or
+``messages`` (chat). Output lines carry the prompt, and per completion the text, token ids,
+logprobs, finish reason and — for chat prompts, which open ``<think>`` — the reasoning and
+answer split (SPEC §8).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+BATCH_PROMPTS = 64  # prompts handed to the engine at once when generating from a file
+
+
+class GenerateError(ValueError):
+    """Bad generate input (prompt file, flags); one line."""
+
+
+def read_prompts(path: Path, chat: bool) -> list:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise GenerateError(f"prompts file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise GenerateError(f"cannot read prompts file {path}: {e}") from None
+    prompts = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise GenerateError(f"{path} line {n} is not valid JSON ({e.msg})") from None
+        if isinstance(item, str):
+            text = item
+        elif isinstance(item, dict) and isinstance(item.get("messages"), list):
+            prompts.append(item["messages"])
+            continue
+        elif isinstance(item, dict) and isinstance(item.get("prompt"), str):
+            text = item["prompt"]
+        else:
+            raise GenerateError(f"{path} line {n}: expected a string or an object with 'prompt' (text) or 'messages'")
+        prompts.append([{"role": "user", "content": text}] if chat else text)
+    if not prompts:
+        raise GenerateError(f"prompts file {path} has no prompts")
+    return prompts
+
+
+def _record(prompt, out, is_chat: bool) -> dict:
+    from .reasoning import split_reasoning
+
+    rec = {"prompt": prompt, "completions": []}
+    for c in out.outputs:
+        item = {"text": c.text, "token_ids": c.token_ids, "logprobs": [round(x, 6) for x in c.logprobs],
+                "finish_reason": c.finish_reason}
+        if is_chat:
+            item["reasoning"], item["answer"] = split_reasoning(c.text)
+        rec["completions"].append(item)
+    return rec
+
+
+def run_generate(model_dir: str, prompt: str | None, prompts_file: str | None, *, n: int, temperature: float,
+                 top_p: float, top_k: int, max_tokens: int, seed: int | None, chat: bool, output: str | None,
+                 tokenizer_dir: str | None = None, kv_cache_mb: float = 256.0) -> int:
+    from tqdm import tqdm
+
+    from .checkpoint import load_model
+    from .engine import Engine, EngineConfig, SamplingParams
+    from .tokenizer import load_tokenizer
+
+    params = SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, seed=seed)
+    if kv_cache_mb <= 0:
+        raise GenerateError(f"--kv-cache-mb must be positive, got {kv_cache_mb}")
+    tok_dir = tokenizer_dir or (model_dir if (Path(model_dir) / "tokenizer.json").is_file() else None)
+    if tok_dir is None:
+        raise GenerateError(f"{model_dir} has no tokenizer.json; pass --tokenizer DIR")
+    tok = load_tokenizer(tok_dir)
+    model = load_model(model_dir)
+    if tok.vocab_size > model.config.vocab_size:
+        raise GenerateError(f"tokenizer has {tok.vocab_size} tokens but the model's vocabulary is {model.config.vocab_size}")
+    engine = Engine(model, tok, EngineConfig(kv_cache_bytes=int(kv_cache_mb * 2**20)))
+
+    if prompt is not None:
+        items = [[{"role": "user", "content": prompt}] if chat else prompt]
+    else:
+        items = read_prompts(Path(prompts_file), chat)
+
+    if len(items) == 1 and n == 1 and output is None:  # stream to the terminal
+        for d in engine.stream(items, params):
+            sys.stdout.write(d.text)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return 0
+
+    records = []
+    bar = tqdm(total=len(items), unit="prompt", desc="generate", disable=len(items) == 1)
+    for start in range(0, len(items), BATCH_PROMPTS):
+        batch = items[start:start + BATCH_PROMPTS]
+        for p, out in zip(batch, engine.generate(batch, params)):
+            records.append(_record(p, out, is_chat=isinstance(p, list)))
+        bar.update(len(batch))
+    bar.close()
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    if output is None:
+        sys.stdout.write(lines)
+    else:
+        out = Path(output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        tmp.write_text(lines, encoding="utf-8")
+        os.replace(tmp, out)
+        print(f"wrote {len(records)} prompts × {n} completions to {out}", file=sys.stderr)
+    return 0
