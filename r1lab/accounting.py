@@ -451,12 +451,14 @@ def report(cfg: ModelConfig, context: int = 4096, tokens: float | None = None, g
 
 
 # ------------------------------------------------------------------------ formatting
-def _h(x: float, digits: int = 1) -> str:
-    """671.0B, 37.5B, 4.8M, 12.3K (decimal units)."""
-    for div, suf in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+def _h(x: float, digits: int = 1, unit: str = "") -> str:
+    """Counts: 671.0B, 37.5B, 4.8M, 12.3K. With a unit, SI prefixes: 640B, 2.0kB, 70.3kB, 4.0MB, 1.2GB."""
+    prefixes = (((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")) if unit
+                else ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")))
+    for div, suf in prefixes:
         if abs(x) >= div:
-            return f"{x / div:.{digits}f}{suf}"
-    return f"{x:.0f}" if float(x).is_integer() else f"{x:.{digits}f}"
+            return f"{x / div:.{digits}f}{suf}{unit}"
+    return (f"{x:.0f}" if float(x).is_integer() else f"{x:.{digits}f}") + unit
 
 
 def _bytes(x: float) -> str:

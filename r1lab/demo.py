@@ -111,7 +111,7 @@ def load_imbalance(model) -> float:
 
 
 def _print_info() -> None:
-    from .accounting import report
+    from .accounting import _h, report
     from .config import preset
 
     print("== r1lab info (presets) ==")
@@ -119,19 +119,9 @@ def _print_info() -> None:
     for name in ("tiny", "small", "deepseek-v3"):
         rep = report(preset(name))
         p, kv = rep["parameters"], rep["kv_cache"]
-        mla = kv.get("absorbed_mla_bytes", kv.get("gqa_bytes"))
-        mha = kv.get("mha_equivalent_bytes")
-        print(f"{name:<14}{_h(p['total']):>12}{_h(p['active']):>12}{_h(mla, 'B'):>18} vs {_h(mha, 'B'):<10}")
+        print(f"{name:<14}{_h(p['total']):>12}{_h(p['active']):>12}"
+              f"{_h(kv['bytes_per_token'], unit='B'):>18} vs {_h(kv['mha_equivalent_bytes'], unit='B'):<10}")
     print()
-
-
-def _h(x, unit="") -> str:
-    if x is None:
-        return "-"
-    for div, suf in ((1e12, "T"), (1e9, "G" if unit else "B"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= div:
-            return f"{x / div:.1f}{suf}{unit}"
-    return f"{x:.0f}{unit}"
 
 
 def run_demo(seconds: float = 60.0, out_dir: Path = Path("runs/demo"), seed: int = 0) -> int:

@@ -10,9 +10,10 @@ answer split (SPEC §8).
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
+
+from .files import atomic_write_text, iter_jsonl
 
 BATCH_PROMPTS = 64  # prompts handed to the engine at once when generating from a file
 
@@ -29,13 +30,7 @@ def read_prompts(path: Path, chat: bool) -> list:
     except (OSError, UnicodeDecodeError) as e:
         raise GenerateError(f"cannot read prompts file {path}: {e}") from None
     prompts = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise GenerateError(f"{path} line {n} is not valid JSON ({e.msg})") from None
+    for n, item in iter_jsonl(lines, path, GenerateError):
         if isinstance(item, str):
             text = item
         elif isinstance(item, dict) and isinstance(item.get("messages"), list):
@@ -111,8 +106,6 @@ def run_generate(model_dir: str, prompt: str | None, prompts_file: str | None, *
     else:
         out = Path(output)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        tmp.write_text(lines, encoding="utf-8")
-        os.replace(tmp, out)
+        atomic_write_text(out, lines)
         print(f"wrote {len(records)} prompts × {n} completions to {out}", file=sys.stderr)
     return 0

@@ -29,6 +29,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .files import atomic_write_text, iter_jsonl
+
 ASSETS = Path(__file__).resolve().parent / "assets"
 SHIPPED_TOKENIZER_DIR = ASSETS / "tokenizer"
 CHAT_TEMPLATE_FILE = ASSETS / "r1_chat_template.jinja"
@@ -232,8 +234,8 @@ class Tokenizer:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         config = {**self.config, "chat_template": official_chat_template()}
-        _atomic_write(directory / TOKENIZER_FILE, self.backend.to_str(pretty=True) + "\n")
-        _atomic_write(directory / TOKENIZER_CONFIG_FILE, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+        atomic_write_text(directory / TOKENIZER_FILE, self.backend.to_str(pretty=True) + "\n")
+        atomic_write_text(directory / TOKENIZER_CONFIG_FILE, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
         return directory
 
     def __repr__(self) -> str:
@@ -333,13 +335,7 @@ def _iter_documents(path: Path, chunk_chars: int = TEXT_CHUNK_CHARS) -> Iterator
     try:
         with f:
             if path.suffix.lower() == ".jsonl":
-                for lineno, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise TokenizerError(f"{path} line {lineno}: not valid JSON ({e.msg})") from None
+                for _, record in iter_jsonl(f, path, TokenizerError):
                     yield from _strings(record)
             else:
                 buf: list[str] = []
@@ -455,17 +451,3 @@ def _save_dir(tok: Tokenizer, out: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)   # mkstemp creates 0600; give the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise

@@ -75,10 +75,14 @@ class MLA(nn.Module):
             out = self.attend_expanded(q_nope, q_rope, c_kv, k_rope)
         return self.o_proj(out.reshape(B, T, H * self.dv))
 
+    @property
+    def q_input(self) -> nn.Linear:
+        """The query projection that reads x: q_proj, or q_a_proj (the q latent) under q-LoRA."""
+        return self.q_proj if hasattr(self, "q_proj") else self.q_a_proj
+
     def project_inputs(self, x):
         """The two projections that read x: q (or the q latent under q-LoRA) and [c_kv ; k_rope]."""
-        q_in = self.q_proj if hasattr(self, "q_proj") else self.q_a_proj
-        return q_in(x), self.kv_a_proj_with_mqa(x)
+        return self.q_input(x), self.kv_a_proj_with_mqa(x)
 
     def attend_expanded(self, q_nope, q_rope, c_kv, k_rope):
         """Training form: per-head k = [W_UK c_kv ; k_rope], v = W_UV c_kv."""

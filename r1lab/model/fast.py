@@ -119,8 +119,7 @@ class FusedInputMLA(MLA):
     """MLA with its two input projections computed by one matmul."""
 
     def project_inputs(self, x):
-        q_in = self.q_proj if hasattr(self, "q_proj") else self.q_a_proj
-        kv_in = self.kv_a_proj_with_mqa
+        q_in, kv_in = self.q_input, self.kv_a_proj_with_mqa
         bias = None
         if q_in.bias is not None or kv_in.bias is not None:
             zeros = [torch.zeros(m.out_features, device=x.device, dtype=x.dtype) for m in (q_in, kv_in)]
