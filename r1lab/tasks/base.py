@@ -68,3 +68,18 @@ class Task:
     def answer_key(self, completion: str, example: Example) -> str | None:
         """The extracted final answer of a completion (used for cons@k voting); None if none."""
         raise NotImplementedError
+
+
+# ---------------------------------------------------------------------- registry
+TASKS: dict[str, type[Task] | Any] = {}
+
+
+def register_task(name: str):
+    """Class decorator (or factory decorator): ``@register_task("gsm8k")``. The registered
+    object is called with keyword options (``path=``, ``seed=``, difficulty knobs …)."""
+    def deco(factory):
+        if name in TASKS:
+            raise ValueError(f"task {name!r} registered twice")
+        TASKS[name] = factory
+        return factory
+    return deco
