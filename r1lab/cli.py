@@ -144,7 +144,8 @@ def cmd_generate(args) -> int:
     return run_generate(args.model, args.prompt, args.prompts, n=args.n, temperature=args.temperature,
                         top_p=args.top_p, top_k=args.top_k, max_tokens=args.max_tokens, seed=args.seed,
                         chat=args.chat, output=args.output, tokenizer_dir=args.tokenizer,
-                        kv_cache_mb=args.kv_cache_mb)
+                        kv_cache_mb=args.kv_cache_mb, spec_mtp=args.spec_mtp, device=args.device,
+                        dtype=args.dtype)
 
 
 def cmd_template(args) -> int:
@@ -276,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", metavar="FILE.jsonl", help="write completions here (default: stdout)")
     s.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: the checkpoint's)")
     s.add_argument("--kv-cache-mb", type=float, default=256.0, help="KV-cache budget in MiB (default 256)")
+    s.add_argument("--spec-mtp", action="store_true",
+                   help="speculative decoding with the model's MTP module (same outputs' distribution; "
+                        "prints the acceptance rate)")
+    s.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N (default auto)")
+    s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="weights and KV cache dtype (default: bfloat16 on CUDA, float32 on CPU)")
     s.set_defaults(func=cmd_generate)
     return p
 

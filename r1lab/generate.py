@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from .files import atomic_write_text, iter_jsonl
 
 BATCH_PROMPTS = 64  # prompts handed to the engine at once when generating from a file
@@ -61,7 +63,8 @@ def _record(prompt, out, is_chat: bool) -> dict:
 
 def run_generate(model_dir: str, prompt: str | None, prompts_file: str | None, *, n: int, temperature: float,
                  top_p: float, top_k: int, max_tokens: int, seed: int | None, chat: bool, output: str | None,
-                 tokenizer_dir: str | None = None, kv_cache_mb: float = 256.0) -> int:
+                 tokenizer_dir: str | None = None, kv_cache_mb: float = 256.0, spec_mtp: bool = False,
+                 device: str = "auto", dtype: str | None = None) -> int:
     from tqdm import tqdm
 
     from .checkpoint import load_model
@@ -75,10 +78,14 @@ def run_generate(model_dir: str, prompt: str | None, prompts_file: str | None, *
     if tok_dir is None:
         raise GenerateError(f"{model_dir} has no tokenizer.json; pass --tokenizer DIR")
     tok = load_tokenizer(tok_dir)
-    model = load_model(model_dir)
+    device, dtype = resolve_device(device, dtype)
+    model = load_model(model_dir, device=device, dtype=dtype)
+    if spec_mtp and not getattr(model, "mtp_layers", None):
+        raise GenerateError(f"--spec-mtp needs a model with an MTP module; {model_dir} has none "
+                            "(num_nextn_predict_layers is 0 or the model is dense)")
     if tok.vocab_size > model.config.vocab_size:
         raise GenerateError(f"tokenizer has {tok.vocab_size} tokens but the model's vocabulary is {model.config.vocab_size}")
-    engine = Engine(model, tok, EngineConfig(kv_cache_bytes=int(kv_cache_mb * 2**20)))
+    engine = Engine(model, tok, EngineConfig(kv_cache_bytes=int(kv_cache_mb * 2**20), spec_mtp=spec_mtp))
 
     if prompt is not None:
         items = [[{"role": "user", "content": prompt}] if chat else prompt]
@@ -90,6 +97,7 @@ def run_generate(model_dir: str, prompt: str | None, prompts_file: str | None, *
             sys.stdout.write(d.text)
             sys.stdout.flush()
         sys.stdout.write("\n")
+        _report_spec(engine)
         return 0
 
     records = []
@@ -108,4 +116,30 @@ def run_generate(model_dir: str, prompt: str | None, prompts_file: str | None, *
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, lines)
         print(f"wrote {len(records)} prompts × {n} completions to {out}", file=sys.stderr)
+    _report_spec(engine)
     return 0
+
+
+def _report_spec(engine) -> None:
+    if engine.spec and engine.acceptance_rate is not None:
+        print(f"MTP speculative decoding: {engine.spec_accepted}/{engine.spec_drafted} drafts accepted "
+              f"({engine.acceptance_rate:.1%})", file=sys.stderr)
+
+
+def resolve_device(device: str = "auto", dtype: str | None = None) -> tuple[str, torch.dtype]:
+    """``auto`` = CUDA when present, else CPU; dtype defaults to bf16 on CUDA, fp32 on CPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise GenerateError(f"--device: unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise GenerateError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
+    if dtype is None:
+        return device, (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    dt = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}.get(dtype)
+    if dt is None:
+        raise GenerateError(f"--dtype: unknown dtype {dtype!r} (use float32, bfloat16 or float16)")
+    return device, dt

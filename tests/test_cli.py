@@ -153,3 +153,35 @@ def test_generate_bad_prompt_file(tmp_path):
     assert p.returncode == 2 and "line 2" in p.stderr and "Traceback" not in p.stderr
     p = run("generate", "--model", str(tmp_path / "nope"), "--prompt", "x")
     assert p.returncode == 2 and "Traceback" not in p.stderr
+
+
+def test_generate_spec_mtp_same_greedy_output_and_reports_acceptance(tmp_path):
+    ck = tmp_path / "ck"
+    assert main(["init", "--preset", "tiny", str(ck), "--seed", "1"]) == 0
+    args = ["generate", "--model", str(ck), "--prompt", "12+34=", "--max-tokens", "12", "--temperature", "0"]
+    plain, spec = run(*args), run(*args, "--spec-mtp")
+    assert plain.returncode == 0 and spec.returncode == 0, spec.stderr
+    assert spec.stdout == plain.stdout and "drafts accepted" in spec.stderr
+
+
+@pytest.mark.parametrize("extra, needle", [(["--device", "cuda"], "no CUDA"), (["--device", "tpu"], "--device")])
+def test_generate_bad_device(tmp_path, extra, needle):
+    if "cuda" in extra and __import__("torch").cuda.is_available():
+        pytest.skip("a GPU is present")
+    ck = tmp_path / "ck"
+    assert main(["init", "--preset", "tiny", str(ck)]) == 0
+    p = run("generate", "--model", str(ck), "--prompt", "hi", *extra)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and needle in p.stderr, p.stderr
+
+
+def test_generate_spec_mtp_on_a_dense_model_is_a_clear_error(tmp_path):
+    from r1lab import preset
+    cfg = preset("qwen2-1.5b").replace(vocab_size=2048, hidden_size=64, intermediate_size=64, num_hidden_layers=1,
+                                       num_attention_heads=4, num_key_value_heads=2)
+    (tmp_path / "dense.json").write_text(json.dumps(cfg.to_dict()))
+    ck = tmp_path / "ck"
+    assert main(["init", "--preset", str(tmp_path / "dense.json"), str(ck)]) == 0
+    from r1lab.tokenizer import load_tokenizer
+    load_tokenizer().save(tmp_path / "tok")
+    p = run("generate", "--model", str(ck), "--prompt", "hi", "--spec-mtp", "--tokenizer", str(tmp_path / "tok"))
+    assert p.returncode == 2 and "MTP" in p.stderr and "Traceback" not in p.stderr

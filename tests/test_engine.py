@@ -289,3 +289,65 @@ def test_leaving_a_stream_early_cancels_and_frees(v3, tok):
     assert all(d.finish_reason is None and len(d.token_ids) == 1 for d in first)
     it.close()
     assert eng.cache.free_blocks() == total and not eng.has_unfinished() and not eng.requests
+
+
+# ----------------------------------------------------------------------- MTP speculative decoding
+def test_speculative_rule_keeps_the_target_distribution():
+    from r1lab.engine.sampler import speculative_accept
+    p = torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05, 0.0])
+    q = torch.tensor([0.1, 0.4, 0.0, 0.3, 0.1, 0.1])
+    N = 40000
+    gens = [make_generator(3, i) for i in range(N)]
+    drafts = torch.multinomial(q, N, replacement=True, generator=torch.Generator().manual_seed(0))
+    tokens, accepted = speculative_accept(p.expand(N, -1), q.expand(N, -1), drafts, gens)
+    freq = torch.bincount(tokens, minlength=6).float() / N
+    assert (freq - p).abs().max().item() < 0.01                    # 4+ standard errors at N = 40k
+    assert abs(accepted.float().mean().item() - torch.minimum(p, q).sum().item()) < 0.01  # E[accept] = Σ min(p, q)
+    assert freq[5].item() == 0                                     # never a token the target excludes
+    # one-hot (greedy) target: always its argmax, accepted exactly when the draft was it
+    onehot = torch.zeros(2, 6)
+    onehot[:, 2] = 1
+    toks, acc = speculative_accept(onehot, q.expand(2, -1), torch.tensor([2, 4]), gens[:2])
+    assert toks.tolist() == [2, 2] and acc.tolist() == [True, False]
+
+
+def test_spec_mtp_greedy_identical_and_logprobs_exact(v3, tok):
+    p = SamplingParams(temperature=0, max_tokens=24, logprobs=2)
+    plain = engine(v3, tok).generate(PROMPTS, p)
+    spec_eng = engine(v3, tok, spec_mtp=True)
+    spec = spec_eng.generate(PROMPTS, p)
+    assert [o.outputs[0].token_ids for o in spec] == [o.outputs[0].token_ids for o in plain]
+    assert spec_eng.spec_drafted > 0 and spec_eng.acceptance_rate is not None
+    with torch.no_grad():
+        for prompt, out in zip(PROMPTS, spec):
+            c = out.outputs[0]
+            full = torch.tensor([prompt + c.token_ids])
+            lp = torch.log_softmax(v3(full).logits.float(), -1)[0, len(prompt) - 1: -1]
+            want = lp.gather(1, torch.tensor(c.token_ids)[:, None]).squeeze(1)
+            assert (torch.tensor(c.logprobs) - want).abs().max().item() < 1e-5
+            assert [list(t) for t in c.top_logprobs] == lp.topk(2, -1).indices.tolist()
+
+
+def test_spec_mtp_seeded_stops_and_budget(v3, tok):
+    p = SamplingParams(n=3, temperature=1.0, top_p=0.9, max_tokens=17, seed=11)
+    a = engine(v3, tok, spec_mtp=True).generate(PROMPTS, p)
+    b = engine(v3, tok, spec_mtp=True, block_size=8).generate(PROMPTS[::-1], p)[::-1]
+    assert [[c.token_ids for c in o.outputs] for o in a] == [[c.token_ids for c in o.outputs] for o in b]
+    assert all(len(c.token_ids) == 17 and c.finish_reason == "length" for o in a for c in o.outputs)
+    # a stop token met as the accepted draft or the bonus token ends the completion right there
+    target = a[1].outputs[0].token_ids[6]
+    eng = engine(v3, tok, spec_mtp=True)
+    (o,) = eng.generate([PROMPTS[1]], SamplingParams(n=3, temperature=1.0, top_p=0.9, max_tokens=17, seed=11,
+                                                     stop_token_ids=[target]))
+    c = o.outputs[0]
+    assert c.token_ids == a[1].outputs[0].token_ids[: a[1].outputs[0].token_ids.index(target) + 1]
+    assert c.finish_reason == "stop" and c.stop_reason == target
+    assert eng.cache.free_blocks() == eng.cache.num_blocks
+
+
+def test_spec_mtp_needs_an_mtp_module(tok):
+    dense = build_model(qwen_cfg(), seed=0)
+    with pytest.raises(EngineError, match="MTP"):
+        engine(dense, tok, spec_mtp=True)
+    with pytest.raises(EngineError, match="spec_mtp"):
+        EngineConfig(spec_mtp="yes")

@@ -172,6 +172,8 @@ class BatchView:
     def update(self, layer_idx: int, a: torch.Tensor, b: torch.Tensor):
         cache = self.cache
         B, T = a.shape[:2]
+        if (B, T) != self.shape[:2]:
+            raise ValueError(f"cache view is for {self.shape[:2]} new tokens, the layer gave {(B, T)}")
         cache.a[layer_idx, self.write_dst] = a.reshape(B * T, *a.shape[2:])[self.write_src].to(cache.dtype)
         cache.b[layer_idx, self.write_dst] = b.reshape(B * T, *b.shape[2:])[self.write_src].to(cache.dtype)
         a_all = cache.a[layer_idx][self.read].to(a.dtype)

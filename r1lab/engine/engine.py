@@ -33,7 +33,8 @@ from typing import Iterator, Mapping, Sequence
 import torch
 
 from .cache import CacheError, PagedKVCache
-from .sampler import SamplingError, SamplingParams, make_generator, sample
+from .sampler import (SamplingError, SamplingParams, draw, make_generator, processed_probs, sample,
+                      speculative_accept)
 
 STOP, LENGTH, CANCELLED = "stop", "length", "cancelled"
 REPLACEMENT_CHAR = "\ufffd"   # a decoded partial UTF-8 character: held back while streaming
@@ -49,7 +50,10 @@ class EngineConfig:
     kv_cache_bytes: the cache budget; the pool is allocated once, at this size or just under.
     dtype: KV cache dtype (None = the model's). device: must be the model's (None = the model's).
     block_size: tokens per cache block. max_num_seqs: running sequences at most.
-    prefill_chunk: most prompt tokens of one request per step."""
+    prefill_chunk: most prompt tokens of one request per step.
+    spec_mtp: speculative decoding with the model's first MTP depth as the drafter (SPEC §2):
+    each step drafts one token per sequence with MTP and verifies it with the main model;
+    the accepted tokens are distributed exactly as without it (greedy: identical output)."""
 
     max_batch_tokens: int = 4096
     kv_cache_bytes: int = 256 * 2**20
@@ -58,12 +62,15 @@ class EngineConfig:
     block_size: int = 16
     max_num_seqs: int = 256
     prefill_chunk: int = 512
+    spec_mtp: bool = False
 
     def __post_init__(self):
         for name in ("max_batch_tokens", "kv_cache_bytes", "block_size", "max_num_seqs", "prefill_chunk"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise EngineError(f"engine config field {name!r}: must be an integer >= 1, got {v!r}")
+        if not isinstance(self.spec_mtp, bool):
+            raise EngineError(f"engine config field 'spec_mtp': must be true or false, got {self.spec_mtp!r}")
         if isinstance(self.dtype, str):
             dt = getattr(torch, self.dtype, None)
             if not isinstance(dt, torch.dtype):
@@ -127,6 +134,8 @@ class _Seq:
     read_off: int = 0
     emitted_tokens: int = 0
     emitted_text: int = 0
+    mtp_h: torch.Tensor | None = None   # speculative decoding: main hidden states whose MTP entry is pending,
+    mtp_pos: int = 0                    # for positions mtp_pos, mtp_pos + 1, …
 
 
 @dataclass
@@ -177,6 +186,17 @@ class Engine:
         self.running: list[_Seq] = []
         self.requests: dict[int, _Request] = {}
         self._cancel: set[int] = set()
+        self.spec = config.spec_mtp
+        if self.spec and not getattr(model, "mtp_layers", None):
+            raise EngineError("spec_mtp needs a model with an MTP module (num_nextn_predict_layers >= 1); "
+                              "this model has none")
+        self.spec_drafted = 0    # draft tokens proposed / accepted since the engine started
+        self.spec_accepted = 0
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        """Share of MTP draft tokens the main model accepted (None before any draft)."""
+        return self.spec_accepted / self.spec_drafted if self.spec_drafted else None
 
     # -------------------------------------------------------------- public API
     def generate(self, prompts, params: SamplingParams | Sequence[SamplingParams] | None = None) -> list[RequestOutput]:
@@ -264,7 +284,9 @@ class Engine:
             deltas = self._drop_cancelled()
             self._admit()
             rows: list[tuple[torch.Tensor, _Seq]] = []   # (logits row, sequence to sample for)
-            if self.running:
+            if self.running and self.spec:
+                deltas += self._spec_decode(list(self.running))
+            elif self.running:
                 rows += self._decode(self.running)
             rows += self._prefill()
             if rows:
@@ -298,7 +320,7 @@ class Engine:
         return list(zip(logits, seqs))
 
     def _prefill(self):
-        budget = self.config.max_batch_tokens - len(self.running)
+        budget = self.config.max_batch_tokens - (2 if self.spec else 1) * len(self.running)
         chunks = []
         for req in self.prefilling:
             take = min(self.config.prefill_chunk, len(req.prompt_ids) - req.prefilled, budget)
@@ -314,12 +336,18 @@ class Engine:
             ids[i, :t] = torch.tensor(req.prompt_ids[req.prefilled: req.prefilled + t])
         view = self.cache.batch_view([r.seqs[0].sid for r, _ in chunks], [r.prefilled for r, _ in chunks],
                                      [t for _, t in chunks])
-        logits = self.model(ids.to(self.device), positions=view.positions, cache=view).logits
+        out = self.model(ids.to(self.device), positions=view.positions, cache=view, return_hidden=self.spec)
+        logits = out.logits
+        if self.spec:
+            self._mtp_prefill(chunks, out.hidden_states)
         rows = []
         for i, (req, t) in enumerate(chunks):
             req.prefilled += t
             if req.prompt_done:  # fork: the siblings get a copy of the prompt's cache
                 self.prefilling.remove(req)
+                if self.spec:   # the last prompt position's MTP entry needs each sample's first token
+                    for s in req.seqs:
+                        s.mtp_h, s.mtp_pos = out.hidden_states[i, t - 1: t], len(req.prompt_ids) - 1
                 for s in req.seqs[1:]:
                     self.cache.copy_prefix(req.seqs[0].sid, s.sid, len(req.prompt_ids))
                 rows += [(logits[i, t - 1], s) for s in req.seqs]
@@ -334,14 +362,102 @@ class Engine:
         tokens, lps, slps = res.token_ids.tolist(), res.logprobs.tolist(), res.sampling_logprobs.tolist()
         deltas = []
         for i, s in enumerate(seqs):
-            out = s.out
-            out.token_ids.append(tokens[i])
-            out.logprobs.append(lps[i])
-            out.sampling_logprobs.append(slps[i])
-            if out.top_logprobs is not None:
-                m = s.req.params.logprobs
-                out.top_logprobs.append(dict(zip(res.top_ids[i, :m].tolist(), res.top_logprobs[i, :m].tolist())))
-            self._check_finished(s)
+            self._append(s, tokens[i], lps[i], slps[i], res.top_ids, res.top_logprobs, i)
+            if s.req.stream:
+                deltas.append(self._delta(s))
+        return deltas
+
+    def _append(self, s: _Seq, token: int, lp: float, slp: float, top_ids, top_lps, row: int) -> None:
+        out = s.out
+        out.token_ids.append(token)
+        out.logprobs.append(lp)
+        out.sampling_logprobs.append(slp)
+        if out.top_logprobs is not None:
+            m = s.req.params.logprobs
+            out.top_logprobs.append(dict(zip(top_ids[row, :m].tolist(), top_lps[row, :m].tolist())))
+        self._check_finished(s)
+
+    # -------------------------------------------------------------- MTP speculative decoding
+    def _mtp_prefill(self, chunks, h: torch.Tensor) -> None:
+        """Fill the MTP layer's cache for the prompt positions whose next token is known (all
+        but the prompt's last position, which waits for each sample's first token)."""
+        rows = []
+        for i, (req, t) in enumerate(chunks):
+            k = t if req.prefilled + t < len(req.prompt_ids) else t - 1
+            if k > 0:
+                rows.append((i, req, k))
+        if not rows:
+            return
+        T = max(k for *_, k in rows)
+        hh = h.new_zeros(len(rows), T, h.shape[-1])
+        nxt = torch.zeros(len(rows), T, dtype=torch.long)
+        for j, (i, req, k) in enumerate(rows):
+            hh[j, :k] = h[i, :k]
+            nxt[j, :k] = torch.tensor(req.prompt_ids[req.prefilled + 1: req.prefilled + 1 + k])
+        view = self.cache.batch_view([r.seqs[0].sid for _, r, _ in rows], [r.prefilled for _, r, _ in rows],
+                                     [k for *_, k in rows])
+        self.model.mtp_forward(0, hh, nxt.to(self.device), view.positions, view, with_logits=False)
+
+    def _spec_decode(self, seqs: list[_Seq]) -> list[StreamDelta]:
+        """One speculative step for every running sequence (SPEC §2, MTP as the drafter).
+
+        Sequence state: tokens t_0..t_m committed, the main cache holding positions < m, the
+        MTP cache positions < ``mtp_pos`` with main hidden states h for ``mtp_pos``..m-1 pending.
+        1. MTP over the pending positions (its input at position i is h_i and the embedding of
+           t_{i+1}) fills its cache and, at position m-1, drafts d for t_{m+1} from q.
+        2. The main model runs [t_m, d] at positions m, m+1: p_m verifies d, p_{m+1} is ready
+           for a bonus token.
+        3. ``speculative_accept``: accepted → t_{m+1} = d and t_{m+2} ~ p_{m+1}; rejected →
+           t_{m+1} from the residual. Either way every committed token has the target
+           distribution, and pending becomes h_m (and h_{m+1}) for the next step.
+        A sequence without room for two more tokens runs a plain one-token step."""
+        dev, B = self.device, len(seqs)
+        params, gens = [s.req.params for s in seqs], [s.generator for s in seqs]
+        full = [s.req.prompt_ids + s.out.token_ids for s in seqs]
+        # 1. draft
+        k = [s.mtp_h.shape[0] for s in seqs]
+        hh = seqs[0].mtp_h.new_zeros(B, max(k), seqs[0].mtp_h.shape[-1])
+        nxt = torch.zeros(B, max(k), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            hh[i, :k[i]] = s.mtp_h
+            nxt[i, :k[i]] = torch.tensor(full[i][s.mtp_pos + 1: s.mtp_pos + 1 + k[i]])
+        view = self.cache.batch_view([s.sid for s in seqs], [s.mtp_pos for s in seqs], k)
+        q_logits, _ = self.model.mtp_forward(0, hh, nxt.to(dev), view.positions, view)
+        q = processed_probs(q_logits[torch.arange(B), torch.tensor(k) - 1], params)
+        drafts = draw(q, gens)
+        room = [len(s.out.token_ids) + 2 <= s.req.max_new for s in seqs]
+        # 2. verify
+        m = [len(f) - 1 for f in full]
+        ids = torch.stack([torch.tensor([f[-1] for f in full]), drafts.cpu()], dim=1)[:, : 1 + any(room)]
+        view = self.cache.batch_view([s.sid for s in seqs], m, [2 if r else 1 for r in room])
+        out = self.model(ids.to(dev), positions=view.positions, cache=view, return_hidden=True)
+        logits, h = out.logits.float(), out.hidden_states
+        if logits.shape[1] == 1:   # nobody had room for a draft: column 1 is never used
+            logits, h = logits.expand(B, 2, -1), h.expand(B, 2, -1)
+        # 3. accept / reject, bonus tokens
+        p0 = processed_probs(logits[:, 0], params)
+        tok0, accepted = speculative_accept(p0, q, drafts, gens)
+        plain = draw(p0, gens)          # rows without room: an ordinary draw from p_m
+        r = torch.tensor(room, device=dev)
+        tok0, accepted = torch.where(r, tok0, plain), accepted & r
+        p1 = processed_probs(logits[:, 1], params)
+        tok1 = draw(p1, gens)
+        raw = torch.log_softmax(logits, dim=-1)
+        kmax = max((p.logprobs or 0) for p in params)
+        top_lps, top_ids = raw.topk(min(kmax, raw.shape[-1]), dim=-1) if kmax else (None, None)
+        self.spec_drafted += sum(room)
+        self.spec_accepted += int(accepted.sum())
+        tok0, tok1, accepted = tok0.tolist(), tok1.tolist(), accepted.tolist()
+        deltas = []
+        for i, s in enumerate(seqs):
+            new = [tok0[i]] + ([tok1[i]] if accepted[i] else [])
+            for j, tok in enumerate(new):
+                if s.out.finished:
+                    break
+                p = p0 if j == 0 else p1
+                self._append(s, tok, float(raw[i, j, tok]), float(p[i, tok].log()),
+                             None if top_ids is None else top_ids[:, j], None if top_lps is None else top_lps[:, j], i)
+            s.mtp_h, s.mtp_pos = h[i, : len(new)], m[i]
             if s.req.stream:
                 deltas.append(self._delta(s))
         return deltas

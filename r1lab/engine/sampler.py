@@ -153,6 +153,17 @@ def sample(logits: torch.Tensor, params: Sequence[SamplingParams], generators: S
 
 def _sample_rows(logits, params, generators):
     """Temperature, then top-k, top-p and min-p on the sorted distribution; inverse-CDF draw."""
+    V = logits.shape[1]
+    probs, order = _processed_sorted(logits, params)
+    cdf = probs.cumsum(-1)
+    u = _uniforms(generators, logits.device)
+    pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(1).clamp(max=V - 1)
+    pick = torch.where(probs.gather(1, pick[:, None]).squeeze(1) > 0, pick, torch.zeros_like(pick))
+    return order.gather(1, pick[:, None]).squeeze(1), probs.gather(1, pick[:, None]).squeeze(1).log()
+
+
+def _processed_sorted(logits, params):
+    """(probs sorted descending after temperature/top-k/top-p/min-p, the vocabulary order)."""
     dev = logits.device
     V = logits.shape[1]
     temp = torch.tensor([p.temperature for p in params], device=dev)
@@ -167,9 +178,58 @@ def _sample_rows(logits, params, generators):
     drop |= probs < min_p[:, None] * probs[:, :1]
     drop[:, 0] = False                                           # the most likely token always survives
     probs = probs.masked_fill(drop, 0.0)
-    probs = probs / probs.sum(-1, keepdim=True)
+    return probs / probs.sum(-1, keepdim=True), order
+
+
+def _uniforms(generators, device) -> torch.Tensor:
+    return torch.stack([torch.rand((), generator=g, device=g.device) for g in generators]).to(device)
+
+
+# ------------------------------------------------------------- speculative decoding
+def processed_probs(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
+    """(N, V) the distribution ``sample`` draws row i from, in vocabulary order; a greedy
+    row is one-hot on its argmax (the same argmax ``sample`` takes)."""
+    logits = logits.float()
+    N, V = logits.shape
+    out = torch.zeros(N, V, device=logits.device)
+    greedy = [i for i, p in enumerate(params) if p.greedy]
+    if greedy:
+        g = torch.tensor(greedy, device=logits.device)
+        out[g, logits[g].argmax(dim=-1)] = 1.0
+    rows = [i for i, p in enumerate(params) if not p.greedy]
+    if rows:
+        idx = torch.tensor(rows, device=logits.device)
+        probs, order = _processed_sorted(logits[idx], [params[i] for i in rows])
+        out[idx] = torch.zeros_like(probs).scatter_(1, order, probs)
+    return out
+
+
+def draw(probs: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """One token per row of ``probs`` (N, V) by inverse CDF with one uniform from the row's
+    generator; a one-hot row gives its token whatever the draw."""
+    V = probs.shape[1]
     cdf = probs.cumsum(-1)
-    u = torch.stack([torch.rand((), generator=g, device=g.device) for g in generators]).to(dev)
+    u = _uniforms(generators, probs.device)
     pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(1).clamp(max=V - 1)
-    pick = torch.where(probs.gather(1, pick[:, None]).squeeze(1) > 0, pick, torch.zeros_like(pick))
-    return order.gather(1, pick[:, None]).squeeze(1), probs.gather(1, pick[:, None]).squeeze(1).log()
+    ok = probs.gather(1, pick[:, None]).squeeze(1) > 0
+    return torch.where(ok, pick, probs.argmax(dim=-1))
+
+
+def speculative_accept(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor,
+                       generators: Sequence[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The standard speculative-sampling rule (Leviathan et al. 2023; Chen et al. 2023).
+
+    Row i proposed ``drafts[i]`` ~ ``q[i]``; the target distribution is ``p[i]``. Accept with
+    probability min(1, p(d)/q(d)); on rejection draw from norm(max(0, p − q)). The token
+    that comes out is distributed exactly as ``p`` — so speculative decoding never changes
+    what is sampled, and with one-hot (greedy) p and q it returns argmax p.
+    Returns (token per row, accepted per row)."""
+    d = drafts[:, None]
+    pd, qd = p.gather(1, d).squeeze(1), q.gather(1, d).squeeze(1)
+    u = _uniforms(generators, p.device)
+    accepted = u * qd < pd
+    residual = (p - q).clamp(min=0)
+    empty = residual.sum(-1, keepdim=True) <= 0          # p == q: a rejection cannot happen
+    residual = torch.where(empty, p, residual)
+    fallback = draw(residual / residual.sum(-1, keepdim=True), generators)
+    return torch.where(accepted, drafts, fallback), accepted

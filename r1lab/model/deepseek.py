@@ -371,12 +371,13 @@ class DeepseekV3ForCausalLM(nn.Module):
             losses.append(causal_lm_loss(logits, targets[:, k:]))
         return torch.stack(losses).mean() if losses else None
 
-    def mtp_forward(self, depth: int, h, next_ids, positions, cache=None):
-        """One MTP depth for drafting: (hidden (B,T,D), tokens after them) -> (logits, new hidden)."""
+    def mtp_forward(self, depth: int, h, next_ids, positions, cache=None, with_logits: bool = True):
+        """One MTP depth for drafting: (hidden (B,T,D), tokens after them) -> (logits, new hidden).
+        ``with_logits=False`` only fills the cache (logits None): the engine's prompt prefill."""
         layer = self.mtp_layers[depth]
         cos, sin = self.model.rotary(positions)
         h, _ = layer(h, self.model.embed_tokens(next_ids), cos, sin, cache)
-        return self.lm_head(layer.shared_head.norm(h)), h
+        return (self.lm_head(layer.shared_head.norm(h)) if with_logits else None), h
 
     # ------------------------------------------------------------------ training aids
     def update_expert_bias(self, gamma: float = 0.001) -> None:
