@@ -23,9 +23,18 @@ def __getattr__(name):  # lazy: keep `import r1lab` light
         from . import engine
 
         return getattr(engine, name)
+    if name in ("evaluate", "EvalError"):
+        from . import eval as _eval
+
+        return getattr(_eval, name)
+    if name in ("get_task", "Task", "Example"):
+        from . import tasks
+
+        return getattr(tasks, name)
     raise AttributeError(f"module 'r1lab' has no attribute {name!r}")
 
 
 __all__ = ["ConfigError", "ModelConfig", "preset", "build_model", "load_model", "save_model", "load_tokenizer",
            "train_tokenizer", "render_chat", "TokenizerError", "split_reasoning", "extract_answer",
-           "ReasoningStreamParser", "Engine", "EngineConfig", "SamplingParams", "SamplingError", "__version__"]
+           "ReasoningStreamParser", "Engine", "EngineConfig", "SamplingParams", "SamplingError", "evaluate", "EvalError", "get_task", "Task", "Example",
+           "__version__"]

@@ -148,6 +148,42 @@ def cmd_generate(args) -> int:
                         dtype=args.dtype)
 
 
+def _task_options(pairs: list[str] | None) -> dict:
+    import yaml
+
+    out = {}
+    for item in pairs or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise CLIError(f"--task-opt expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise CLIError(f"--task-opt {key}: cannot read the value {value!r}") from None
+    return out
+
+
+def cmd_eval(args) -> int:
+    from .eval import evaluate, markdown_table
+
+    if (args.model is None) == (args.endpoint is None):
+        raise CLIError("give exactly one of --model DIR or --endpoint URL")
+    if args.endpoint is not None and not args.served_model:
+        raise CLIError("--endpoint needs --served-model NAME (the model name the server expects)")
+    if args.kv_cache_mb <= 0:
+        raise CLIError(f"--kv-cache-mb must be positive, got {args.kv_cache_mb}")
+    summary = evaluate(args.task, model=args.model, endpoint=args.endpoint, api_key=args.api_key,
+                       served_model=args.served_model, split=args.split, k=args.k, temperature=args.temperature,
+                       top_p=args.top_p, max_tokens=args.max_tokens, limit=args.limit, seed=args.seed,
+                       concurrency=args.concurrency, prompt_style=args.prompt_style, output_dir=args.output,
+                       kv_cache_mb=args.kv_cache_mb, task_options=_task_options(args.task_opt),
+                       device=args.device, dtype=args.dtype)
+    print(markdown_table([summary]), end="")
+    if args.output:
+        print(f"wrote {args.output}/samples.jsonl, summary.json, summary.md")
+    return 0
+
+
 def cmd_template(args) -> int:
     from .tokenizer import load_tokenizer
 
@@ -284,6 +320,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                    help="weights and KV cache dtype (default: bfloat16 on CUDA, float32 on CPU)")
     s.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("eval", help="evaluate a model or an endpoint on a task (pass@1 over k samples, cons@k, pass@k)",
+                       description="Evaluate with DeepSeek-R1's protocol (SPEC §7): k samples per question at "
+                                   "temperature 0.6 / top-p 0.95; pass@1 = mean correctness over the samples, "
+                                   "cons@k = majority vote, unbiased pass@k. Tasks: gsm8k, math500, aime24, amc23, "
+                                   "humaneval, mbpp, arithmetic, countdown, or any JSONL with question/answer fields.")
+    s.add_argument("--task", required=True, metavar="NAME|FILE", help="a task name or a .jsonl file")
+    s.add_argument("--model", metavar="DIR", help="checkpoint directory (runs our engine)")
+    s.add_argument("--endpoint", metavar="URL", help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
+    s.add_argument("--api-key", help="API key for --endpoint (default: none)")
+    s.add_argument("--served-model", metavar="NAME", help="model name to request from --endpoint")
+    s.add_argument("--k", type=int, default=16, help="samples per question (default 16)")
+    s.add_argument("--temperature", type=float, default=0.6, help="default 0.6 (SPEC §7)")
+    s.add_argument("--top-p", type=float, default=0.95, help="default 0.95 (SPEC §7)")
+    s.add_argument("--max-tokens", type=int,
+                   help="new tokens per sample (default: the model's context; 32768 for endpoints, SPEC §7)")
+    s.add_argument("--limit", type=int, metavar="M", help="only the first M questions")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--concurrency", type=int, default=8, help="parallel requests to --endpoint (default 8)")
+    s.add_argument("--split", help="task split (default: the task's evaluation split)")
+    s.add_argument("--prompt-style", choices=["chat", "r1_zero", "plain"],
+                   help="chat (R1 template, SPEC §7), r1_zero (SPEC §4) or plain (default: the task's)")
+    s.add_argument("--task-opt", action="append", metavar="KEY=VALUE",
+                   help="task option, e.g. --task-opt digits=[3,4] (repeatable)")
+    s.add_argument("--output", metavar="DIR", help="write samples.jsonl, summary.json and summary.md here")
+    s.add_argument("--kv-cache-mb", type=float, default=256.0, help="engine KV-cache budget in MiB (default 256)")
+    s.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
+    s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: bf16 on CUDA, fp32 on CPU")
+    s.set_defaults(func=cmd_eval)
     return p
 
 
@@ -311,9 +376,13 @@ def main(argv: list[str] | None = None) -> int:
         from .engine.cache import CacheError
         from .engine.engine import EngineError
         from .engine.sampler import SamplingError
+        from .eval import EvalError
         from .generate import GenerateError
+        from .rewards import RewardError
+        from .tasks import TaskError
 
-        known = (CheckpointError, CacheError, EngineError, SamplingError, GenerateError,
+        known = (CheckpointError, CacheError, EngineError, SamplingError, GenerateError, EvalError, TaskError,
+                 RewardError,
                  FileNotFoundError, PermissionError, IsADirectoryError)
         if isinstance(e, known):
             print(f"r1lab: error: {e}", file=sys.stderr)

@@ -67,24 +67,15 @@ def run_generate(model_dir: str, prompt: str | None, prompts_file: str | None, *
                  device: str = "auto", dtype: str | None = None) -> int:
     from tqdm import tqdm
 
-    from .checkpoint import load_model
     from .engine import Engine, EngineConfig, SamplingParams
-    from .tokenizer import load_tokenizer
 
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, seed=seed)
     if kv_cache_mb <= 0:
         raise GenerateError(f"--kv-cache-mb must be positive, got {kv_cache_mb}")
-    tok_dir = tokenizer_dir or (model_dir if (Path(model_dir) / "tokenizer.json").is_file() else None)
-    if tok_dir is None:
-        raise GenerateError(f"{model_dir} has no tokenizer.json; pass --tokenizer DIR")
-    tok = load_tokenizer(tok_dir)
-    device, dtype = resolve_device(device, dtype)
-    model = load_model(model_dir, device=device, dtype=dtype)
+    model, tok = load_model_and_tokenizer(model_dir, tokenizer_dir, device, dtype)
     if spec_mtp and not getattr(model, "mtp_layers", None):
         raise GenerateError(f"--spec-mtp needs a model with an MTP module; {model_dir} has none "
                             "(num_nextn_predict_layers is 0 or the model is dense)")
-    if tok.vocab_size > model.config.vocab_size:
-        raise GenerateError(f"tokenizer has {tok.vocab_size} tokens but the model's vocabulary is {model.config.vocab_size}")
     engine = Engine(model, tok, EngineConfig(kv_cache_bytes=int(kv_cache_mb * 2**20), spec_mtp=spec_mtp))
 
     if prompt is not None:
@@ -118,6 +109,28 @@ def run_generate(model_dir: str, prompt: str | None, prompts_file: str | None, *
         print(f"wrote {len(records)} prompts × {n} completions to {out}", file=sys.stderr)
     _report_spec(engine)
     return 0
+
+
+def load_model_and_tokenizer(model_dir: str, tokenizer_dir: str | None = None, device: str = "auto",
+                             dtype: str | None = None, error: type[Exception] = None):
+    """(model, tokenizer) from a checkpoint directory; the tokenizer is the checkpoint's own
+    unless ``tokenizer_dir`` is given. Problems raise ``error`` (default GenerateError)."""
+    from .checkpoint import load_model
+    from .tokenizer import load_tokenizer
+
+    error = error or GenerateError
+    tok_dir = tokenizer_dir or (model_dir if (Path(model_dir) / "tokenizer.json").is_file() else None)
+    if tok_dir is None:
+        raise error(f"{model_dir} has no tokenizer.json; pass --tokenizer DIR")
+    tok = load_tokenizer(tok_dir)
+    try:
+        device, dt = resolve_device(device, dtype)
+    except GenerateError as e:
+        raise error(str(e)) from None
+    model = load_model(model_dir, device=device, dtype=dt)
+    if tok.vocab_size > model.config.vocab_size:
+        raise error(f"tokenizer has {tok.vocab_size} tokens but the model's vocabulary is {model.config.vocab_size}")
+    return model, tok
 
 
 def _report_spec(engine) -> None:

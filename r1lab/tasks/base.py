@@ -45,6 +45,9 @@ class Task:
     # Which part of a completion holds the final answer for rewards/eval:
     # "boxed" (\boxed{} in the answer part), "answer_tag" (<answer>…</answer>) or "auto" (either).
     answer_format: str = "auto"
+    # The prompt style evaluation and training use unless told otherwise: benchmarks follow
+    # the paper's chat protocol (SPEC §7), synthetic tasks the R1-Zero prompt (SPEC §4).
+    default_style: str = "chat"
 
     def examples(self, split: str | None = None) -> Iterator[Example]:
         raise NotImplementedError
@@ -68,6 +71,10 @@ class Task:
     def answer_key(self, completion: str, example: Example) -> str | None:
         """The extracted final answer of a completion (used for cons@k voting); None if none."""
         raise NotImplementedError
+
+    def same_answer(self, a: str, b: str) -> bool:
+        """Whether two answer keys are one vote for cons@k (math tasks: equivalence, not text)."""
+        return a == b
 
 
 # ---------------------------------------------------------------------- registry

@@ -149,6 +149,7 @@ class _SyntheticTask(Task):
 
     splits = ("train", "test")
     default_split = "test"
+    default_style = "r1_zero"
 
     def __init__(self, seed: int, size, test_size, test_fraction):
         if isinstance(seed, bool) or not isinstance(seed, int):
