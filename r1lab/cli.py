@@ -184,6 +184,40 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _train(args, config_cls, run, what: str) -> int:
+    """Shared by `r1lab pretrain` and `r1lab sft`: recipe + overrides -> run -> summary line."""
+    from .train.config import load_recipe
+
+    cfg = load_recipe(args.recipe, config_cls, args.set or [])
+    if args.resume:
+        cfg.resume = True
+    summary = run(cfg)
+    last = summary["last"] or {}
+    loss = f", loss {last['loss']:.4f}" if isinstance(last.get("loss"), float) else ""
+    if summary["stopped"]:
+        print(f"{what}: stopped by SIGTERM at step {summary['step']}{loss}; checkpoint {summary['checkpoint']} "
+              f"(continue with --resume)")
+        return 143
+    out = summary["out_dir"]
+    print(f"{what}: {summary['step']} steps{loss}; wrote {summary['final']}/ (model + tokenizer), "
+          f"{out}/metrics.jsonl, {out}/plots/, {out}/checkpoints/")
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from .train.config import PretrainConfig
+    from .train.pretrain import pretrain
+
+    return _train(args, PretrainConfig, pretrain, "pretrain")
+
+
+def cmd_sft(args) -> int:
+    from .train.config import SFTConfig
+    from .train.sft import sft
+
+    return _train(args, SFTConfig, sft, "sft")
+
+
 def cmd_template(args) -> int:
     from .tokenizer import load_tokenizer
 
@@ -349,6 +383,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
     s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: bf16 on CUDA, fp32 on CPU")
     s.set_defaults(func=cmd_eval)
+
+    for verb, func, desc in (
+        ("pretrain", cmd_pretrain, "pre-train a model from a YAML recipe (next-token + MTP + balance loss, SPEC §2)"),
+        ("sft", cmd_sft, "supervised fine-tuning on chat JSONL from a YAML recipe (loss on assistant tokens)"),
+    ):
+        s = sub.add_parser(verb, help=desc,
+                           description=f"{desc[0].upper()}{desc[1:]}. Metrics go to OUT_DIR/metrics.jsonl, plots to "
+                                       "OUT_DIR/plots/, checkpoints to OUT_DIR/checkpoints/, the model to OUT_DIR/final/.")
+        s.add_argument("recipe", metavar="RECIPE.yaml", help="the recipe (e.g. recipes/%s_tiny.yaml)" % verb)
+        s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a recipe value, e.g. --set optim.lr=1e-3 --set steps=50 (repeatable)")
+        s.add_argument("--resume", action="store_true",
+                       help="continue from the latest complete checkpoint in the recipe's out_dir")
+        s.set_defaults(func=func)
     return p
 
 
@@ -380,9 +428,10 @@ def main(argv: list[str] | None = None) -> int:
         from .generate import GenerateError
         from .rewards import RewardError
         from .tasks import TaskError
+        from .train.config import TrainError
 
         known = (CheckpointError, CacheError, EngineError, SamplingError, GenerateError, EvalError, TaskError,
-                 RewardError,
+                 RewardError, TrainError,
                  FileNotFoundError, PermissionError, IsADirectoryError)
         if isinstance(e, known):
             print(f"r1lab: error: {e}", file=sys.stderr)

@@ -152,7 +152,22 @@ def sample(logits: torch.Tensor, params: Sequence[SamplingParams], generators: S
 
 
 def _sample_rows(logits, params, generators):
-    """Temperature, then top-k, top-p and min-p on the sorted distribution; inverse-CDF draw."""
+    """Temperature, then top-k, top-p and min-p on the sorted distribution; inverse-CDF draw.
+    Rows that truncate nothing (top_p 1, no top-k, min_p 0) skip the sort over the vocabulary."""
+    plain = [i for i, p in enumerate(params) if p.top_p >= 1 and p.top_k <= 0 and p.min_p <= 0]
+    if len(plain) == len(params):   # per row, so a row's draw never depends on its batch
+        temp = torch.tensor([p.temperature for p in params], device=logits.device)
+        probs = torch.softmax(logits / temp[:, None], dim=-1)
+        tokens = draw(probs, generators)
+        return tokens, probs.gather(1, tokens[:, None]).squeeze(1).log()
+    if plain:
+        rest = [i for i in range(len(params)) if i not in set(plain)]
+        tokens = torch.empty(len(params), dtype=torch.long, device=logits.device)
+        lps = torch.empty(len(params), device=logits.device)
+        for rows in (plain, rest):
+            idx = torch.tensor(rows, device=logits.device)
+            tokens[idx], lps[idx] = _sample_rows(logits[idx], [params[i] for i in rows], [generators[i] for i in rows])
+        return tokens, lps
     V = logits.shape[1]
     probs, order = _processed_sorted(logits, params)
     cdf = probs.cumsum(-1)

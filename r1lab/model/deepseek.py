@@ -102,12 +102,14 @@ class MLA(nn.Module):
         q_lat = torch.einsum("bthd,hdr->bhtr", q_nope, w_uk)                      # (B, H, T, r)
         q = torch.cat([q_lat, q_rope.transpose(1, 2)], dim=-1)                   # (B, H, T, r+dr)
         kv = torch.cat([c_kv, k_rope], dim=-1).unsqueeze(1)                      # (B, 1, S, r+dr)
-        S = kv.shape[2]
-        k = kv.expand(B, H, S, kv.shape[-1])
-        v = c_kv.unsqueeze(1).expand(B, H, S, self.kv_lora_rank)
-        if mask is None and not causal and T > 1:
+        S, D = kv.shape[2], kv.shape[-1]
+        if mask is None and T > 1:
             mask = causal_mask(T, S, q.device)  # new tokens come last: bottom-right aligned
-        o_lat = sdpa_padded_v(q, k, v, mask, causal and T > 1, self.scale)
+        # V is [c_kv ; k_rope] itself: the first r output columns are exactly p·c_kv, so the
+        # fused kernel runs without building a zero-padded V (MLA has dv < dn + dr).
+        k = kv.expand(B, H, S, D)
+        o = F.scaled_dot_product_attention(q, k, k, attn_mask=mask, scale=self.scale)
+        o_lat = o[..., : self.kv_lora_rank]                                       # (B, H, T, r)
         return torch.einsum("bhtr,hdr->bthd", o_lat, w_uv)                       # (B, T, H, dv)
 
 
@@ -196,8 +198,12 @@ class Experts(nn.Module):
                 continue
             gate, up = (rows @ self.gate_up_proj[e].t()).chunk(2, dim=-1)
             outs.append((F.silu(gate) * up) @ self.down_proj[e].t())
-        ys = torch.cat(outs) * weights.flatten()[order].unsqueeze(-1).to(x.dtype)
-        return torch.zeros_like(x).index_add_(0, token, ys)
+        # back to (token, k) order with the inverse permutation, then the gate-weighted sum
+        # over k: a gather and a reduction (index_add_/scatter_add_ are slow on CPU)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        ys = torch.cat(outs)[inverse].view(N, K, -1)
+        return (ys * weights.unsqueeze(-1).to(x.dtype)).sum(dim=1)
 
 
 # ------------------------------------------------------------------------------ MoE
