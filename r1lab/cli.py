@@ -185,7 +185,7 @@ def cmd_eval(args) -> int:
 
 
 def _train(args, config_cls, run, what: str) -> int:
-    """Shared by `r1lab pretrain` and `r1lab sft`: recipe + overrides -> run -> summary line."""
+    """Shared by `r1lab pretrain`, `sft` and `grpo`: recipe + overrides -> run -> summary line."""
     from .train.config import load_recipe
 
     cfg = load_recipe(args.recipe, config_cls, args.set or [])
@@ -216,6 +216,12 @@ def cmd_sft(args) -> int:
     from .train.sft import sft
 
     return _train(args, SFTConfig, sft, "sft")
+
+
+def cmd_grpo(args) -> int:
+    from .train.grpo import GRPOConfig, grpo
+
+    return _train(args, GRPOConfig, grpo, "grpo")
 
 
 def cmd_template(args) -> int:
@@ -387,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     for verb, func, desc in (
         ("pretrain", cmd_pretrain, "pre-train a model from a YAML recipe (next-token + MTP + balance loss, SPEC §2)"),
         ("sft", cmd_sft, "supervised fine-tuning on chat JSONL from a YAML recipe (loss on assistant tokens)"),
+        ("grpo", cmd_grpo, "reinforcement learning with GRPO and rule rewards from a YAML recipe (SPEC §3, §4)"),
     ):
         s = sub.add_parser(verb, help=desc,
                            description=f"{desc[0].upper()}{desc[1:]}. Metrics go to OUT_DIR/metrics.jsonl, plots to "

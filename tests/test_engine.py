@@ -136,7 +136,18 @@ def test_logprobs_equal_training_forward(which, tok):
     assert model.training  # the engine restores the caller's mode
 
 
-def test_seed_reproducible_alone_or_batched(v3, tok):
+@pytest.fixture()
+def two_threads():
+    """Batch independence is bitwise only for one kernel configuration: matmuls of different
+    row counts may round differently with another thread count (measured: 1 thread flips a
+    near-tie at token 13 of this test). CI and dev machines have 2 cores; pin it."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_seed_reproducible_alone_or_batched(v3, tok, two_threads):
     p = SamplingParams(n=3, temperature=1.0, top_p=0.95, max_tokens=15, seed=123)
     alone = engine(v3, tok).generate([PROMPTS[1]], p)[0]
     others = [SamplingParams(n=2, temperature=0.9, max_tokens=20, seed=7), SamplingParams(temperature=0, max_tokens=3)]
@@ -243,7 +254,7 @@ def test_text_chat_and_stream(v3, tok):
     chat = [{"role": "user", "content": "What is 2+2?"}]
     p = SamplingParams(n=2, temperature=0.9, max_tokens=12, seed=3, stop=["e"])
     outs = eng.generate(["The answer is", chat], p)
-    assert outs[0].prompt_token_ids == tok.encode("The answer is")
+    assert outs[0].prompt_token_ids == [tok.bos_token_id] + tok.encode("The answer is")   # BOS as in training
     assert outs[1].prompt_token_ids == tok.apply_chat_template(chat, add_generation_prompt=True)
     got = {}
     for d in eng.stream(["The answer is", chat], p):

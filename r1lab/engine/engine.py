@@ -563,10 +563,15 @@ class Engine:
         return self._queue([self._make_request(p, sp, stream) for p, sp in zip(prompts, plist)])
 
     def _prompt_ids(self, prompt) -> tuple[str | None, list[int]]:
-        """Text is encoded as is (no BOS added: the chat template writes its own); a list of
-        ints is token ids; a list of {role, content} dicts is rendered with the chat template."""
+        """Text starts with BOS like every training document (added unless the text already
+        begins with it, as a rendered chat template does — the way vLLM/HF encode completion
+        prompts); a list of ints is token ids, used as given; a list of {role, content} dicts
+        is rendered with the chat template."""
         if isinstance(prompt, str):
             ids = self.tokenizer.encode(prompt)
+            bos = getattr(self.tokenizer, "bos_token_id", None)
+            if bos is not None and (not ids or ids[0] != bos):
+                ids = [bos] + ids
             text = prompt
         elif isinstance(prompt, Sequence) and prompt and all(isinstance(m, Mapping) for m in prompt):
             text = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)

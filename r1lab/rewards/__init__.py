@@ -160,19 +160,22 @@ class CombinedReward:
         return "CombinedReward(" + ", ".join(f"{s.name}×{s.weight:g}" for s in self.specs) + ")"
 
 
-# Registration happens on import. The code and countdown rewards are written separately and
-# may not exist yet; any other import error is real and propagates.
+# Registration happens on import.
+from r1lab.rewards import code as _code  # noqa: E402,F401
+from r1lab.rewards import countdown as _countdown  # noqa: E402,F401
 from r1lab.rewards import format as _format  # noqa: E402,F401
 from r1lab.rewards import math as _math_rewards  # noqa: E402,F401
 from r1lab.rewards.math import accuracy  # noqa: E402
 
-for _optional in ("code", "countdown"):
-    try:
-        __import__(f"r1lab.rewards.{_optional}")
-    except ModuleNotFoundError as _e:
-        if _e.name != f"r1lab.rewards.{_optional}":
-            raise
-del _optional
+
+@register_reward("correct")
+def correct_reward(completions: Sequence[str], examples: Sequence[Any], task: Any = None) -> list[float]:
+    """The task's own correctness rule (``Task.score``: math-verify for math, tests for code,
+    exact integers for arithmetic, the expression for countdown). The trainer passes ``task``."""
+    if task is None:
+        raise RewardError("reward 'correct' needs the task (the trainer passes it); use 'accuracy' for math answers")
+    return [float(s) for s in task.score(list(completions), list(examples))]
+
 
 __all__ = ["REWARDS", "RewardError", "RewardSpec", "CombinedReward", "register_reward", "get_reward",
            "parse_reward_specs", "accuracy"]

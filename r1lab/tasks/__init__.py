@@ -13,14 +13,8 @@ from typing import Any
 from r1lab.tasks.base import PROMPT_STYLES, TASKS, Example, Task, TaskError, register_task
 from r1lab.tasks import math as _math_tasks  # noqa: F401  (registers gsm8k, math500, aime24, amc23, jsonl)
 
-# Written separately and possibly not there yet; any other import error is real and propagates.
-for _optional in ("code", "synthetic"):
-    try:
-        __import__(f"r1lab.tasks.{_optional}")
-    except ModuleNotFoundError as _e:
-        if _e.name != f"r1lab.tasks.{_optional}":
-            raise
-del _optional
+from r1lab.tasks import code as _code_tasks  # noqa: E402,F401  (humaneval, mbpp)
+from r1lab.tasks import synthetic as _synthetic_tasks  # noqa: E402,F401  (arithmetic, countdown)
 
 
 def get_task(name_or_path: str | Path, **options: Any) -> Task:
