@@ -422,8 +422,9 @@ class Engine:
             hh[i, :k[i]] = s.mtp_h
             nxt[i, :k[i]] = torch.tensor(full[i][s.mtp_pos + 1: s.mtp_pos + 1 + k[i]])
         view = self.cache.batch_view([s.sid for s in seqs], [s.mtp_pos for s in seqs], k)
-        q_logits, _ = self.model.mtp_forward(0, hh, nxt.to(dev), view.positions, view)
-        q = processed_probs(q_logits[torch.arange(B), torch.tensor(k) - 1], params)
+        _, h_mtp = self.model.mtp_forward(0, hh, nxt.to(dev), view.positions, view, with_logits=False)
+        last = h_mtp[torch.arange(B, device=dev), torch.tensor(k, device=dev) - 1]   # only position m-1 drafts
+        q = processed_probs(self.model.mtp_head(0, last), params)
         drafts = draw(q, gens)
         room = [len(s.out.token_ids) + 2 <= s.req.max_new for s in seqs]
         # 2. verify

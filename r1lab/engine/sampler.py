@@ -211,7 +211,12 @@ def processed_probs(logits: torch.Tensor, params: Sequence[SamplingParams]) -> t
     if greedy:
         g = torch.tensor(greedy, device=logits.device)
         out[g, logits[g].argmax(dim=-1)] = 1.0
-    rows = [i for i, p in enumerate(params) if not p.greedy]
+    plain = [i for i, p in enumerate(params) if not p.greedy and p.top_p >= 1 and p.top_k <= 0 and p.min_p <= 0]
+    if plain:   # nothing truncated: softmax(logits / T), no sort
+        idx = torch.tensor(plain, device=logits.device)
+        temp = torch.tensor([params[i].temperature for i in plain], device=logits.device)
+        out[idx] = torch.softmax(logits[idx] / temp[:, None], dim=-1)
+    rows = [i for i, p in enumerate(params) if not p.greedy and i not in set(plain)]
     if rows:
         idx = torch.tensor(rows, device=logits.device)
         probs, order = _processed_sorted(logits[idx], [params[i] for i in rows])

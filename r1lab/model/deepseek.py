@@ -383,7 +383,11 @@ class DeepseekV3ForCausalLM(nn.Module):
         layer = self.mtp_layers[depth]
         cos, sin = self.model.rotary(positions)
         h, _ = layer(h, self.model.embed_tokens(next_ids), cos, sin, cache)
-        return (self.lm_head(layer.shared_head.norm(h)) if with_logits else None), h
+        return (self.mtp_head(depth, h) if with_logits else None), h
+
+    def mtp_head(self, depth: int, h):
+        """Logits of MTP depth ``depth`` from its hidden states (its own norm, the shared head)."""
+        return self.lm_head(self.mtp_layers[depth].shared_head.norm(h))
 
     # ------------------------------------------------------------------ training aids
     def update_expert_bias(self, gamma: float = 0.001) -> None:
