@@ -38,3 +38,18 @@ def iter_jsonl(lines: Iterable[str], source: str | os.PathLike, error: type[Exce
             yield lineno, json.loads(line)
         except json.JSONDecodeError as e:
             raise error(f"{source} line {lineno}: not valid JSON ({e.msg})") from None
+
+
+def text_chunks(lines: Iterable[str], chunk_chars: int) -> Iterator[str]:
+    """Consecutive lines joined into chunks of at least ``chunk_chars`` characters (cut at
+    line ends; the last chunk may be shorter) — plain-text files as training documents."""
+    buf: list[str] = []
+    size = 0
+    for line in lines:
+        buf.append(line)
+        size += len(line)
+        if size >= chunk_chars:
+            yield "".join(buf)
+            buf, size = [], 0
+    if buf:
+        yield "".join(buf)

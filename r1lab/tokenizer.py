@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .files import atomic_write_text, iter_jsonl
+from .files import atomic_write_text, iter_jsonl, text_chunks
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 SHIPPED_TOKENIZER_DIR = ASSETS / "tokenizer"
@@ -338,16 +338,7 @@ def _iter_documents(path: Path, chunk_chars: int = TEXT_CHUNK_CHARS) -> Iterator
                 for _, record in iter_jsonl(f, path, TokenizerError):
                     yield from _strings(record)
             else:
-                buf: list[str] = []
-                size = 0
-                for line in f:
-                    buf.append(line)
-                    size += len(line)
-                    if size >= chunk_chars:
-                        yield "".join(buf)
-                        buf, size = [], 0
-                if buf:
-                    yield "".join(buf)
+                yield from text_chunks(f, chunk_chars)
     except UnicodeDecodeError as e:
         raise TokenizerError(f"{path} is not UTF-8 text (bad byte at offset {e.start} of a read block)") from None
     except OSError as e:

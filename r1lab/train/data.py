@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from ..files import iter_jsonl
+from ..files import iter_jsonl, text_chunks
 from ..model.common import IGNORE_INDEX
 from ..tokenizer import ASSISTANT, END_THINK, EOS, GENERATION_PROMPT, THINK, USER, TokenizerError, render_chat
 from .config import TrainError
@@ -160,16 +160,7 @@ def read_text_documents(paths: Sequence[str], text_field: str = "text") -> list[
                         if text:
                             docs.append(text)
                 else:
-                    buf: list[str] = []
-                    size = 0
-                    for line in f:
-                        buf.append(line)
-                        size += len(line)
-                        if size >= TEXT_CHUNK_CHARS:
-                            docs.append("".join(buf))
-                            buf, size = [], 0
-                    if buf and "".join(buf).strip():
-                        docs.append("".join(buf))
+                    docs += [c for c in text_chunks(f, TEXT_CHUNK_CHARS) if c.strip()]
         except UnicodeDecodeError as e:
             raise DataError(f"{p} is not UTF-8 text (bad byte at offset {e.start} of a read block)") from None
     if not docs:

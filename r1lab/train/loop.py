@@ -61,6 +61,7 @@ import torch
 
 from ..files import atomic_write_text
 from .config import BaseTrainConfig, ModelSpec, ScheduleConfig, TrainError, to_yaml
+from .plots import read_metrics
 
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_FILE = "latest"
@@ -221,15 +222,7 @@ def _truncate_jsonl(path: Path, last_step: int) -> None:
     """Keep the lines of ``path`` whose step is <= ``last_step`` (a torn last line goes too)."""
     if not path.is_file():
         return
-    kept = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= last_step:
-                kept.append(json.dumps(rec) + "\n")
+    kept = [json.dumps(rec) + "\n" for rec in read_metrics(path) if rec["step"] <= last_step]
     atomic_write_text(path, "".join(kept))
 
 
