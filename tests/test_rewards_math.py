@@ -471,7 +471,7 @@ def test_accuracy_reward_uses_example_gold_and_options():
     ("  <think>\nreason\n</think>\n<answer>\n42\n</answer>\n", "r1_zero", True),
     ("<think>reason</think> <answer>42</answer> trailing", "r1_zero", False),
     ("lead <think>reason</think> <answer>42</answer>", "r1_zero", False),
-    ("<think> </think> <answer>42</answer>", "r1_zero", False),
+    ("<think> </think> <answer>42</answer>", "r1_zero", True),      # empty reasoning is well-formed
     ("<think>reason</think> <answer> </answer>", "r1_zero", False),
     ("<think>a</think><think>b</think> <answer>42</answer>", "r1_zero", False),
     ("<think>a <answer>1</answer></think> <answer>42</answer>", "r1_zero", False),
@@ -480,7 +480,7 @@ def test_accuracy_reward_uses_example_gold_and_options():
     ("reason\n</think>\n\nThe answer is \\boxed{42}.", "r1", True),
     ("<think>\nreason</think>42", "r1", True),
     ("reason", "r1", False),
-    ("</think>42", "r1", False),
+    ("</think>42", "r1", True),
     ("reason</think>  ", "r1", False),
     ("reason</think>42</think>", "r1", False),
     ("reason <think> more</think>42", "r1", False),
@@ -488,6 +488,12 @@ def test_accuracy_reward_uses_example_gold_and_options():
 def test_format(completion, style, ok):
     assert format_ok(completion, style) is ok
     assert REWARDS["format"]([completion], [_ex()], style=style) == [1.0 if ok else 0.0]
+
+
+def test_format_can_require_reasoning():
+    for completion, style in (("<think> </think> <answer>42</answer>", "r1_zero"), ("</think>42", "r1")):
+        assert format_ok(completion, style) and not format_ok(completion, style, require_reasoning=True)
+        assert REWARDS["format"]([completion], [_ex()], style=style, require_reasoning=True) == [0.0]
 
 
 def test_format_unknown_style():

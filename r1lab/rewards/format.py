@@ -23,20 +23,22 @@ TAGS = (THINK, END_THINK, ANSWER, END_ANSWER)
 _R1_ZERO = re.compile(r"\s*<think>(?P<think>.*?)</think>\s*<answer>(?P<answer>.*?)</answer>\s*", re.DOTALL)
 
 
-def format_ok(completion: str, style: str = "r1_zero") -> bool:
+def format_ok(completion: str, style: str = "r1_zero", require_reasoning: bool = False) -> bool:
     """Whether ``completion`` has the expected shape.
 
     ``"r1_zero"`` (SPEC §4): ``<think> reasoning </think> <answer> answer </answer>`` with
-    each tag exactly once, non-empty reasoning and answer, and only whitespace outside.
+    each tag exactly once, a non-empty answer, and only whitespace outside.
     ``"r1"`` (SPEC §8): the prompt already opened ``<think>``, so the completion is
-    ``reasoning</think>answer``: exactly one ``</think>``, non-empty text on both sides,
-    no other ``<think>`` (one repeated at the very start is tolerated, as ``split_reasoning``
-    does).
+    ``reasoning</think>answer``: exactly one ``</think>``, a non-empty answer, no other
+    ``<think>`` (one repeated at the very start is tolerated, as ``split_reasoning`` does).
+    The reasoning may be empty (``<think> </think>`` is well-formed, as R1 itself writes for
+    trivial questions) unless ``require_reasoning``: the format rule rewards the shape, never
+    the amount of thinking — a length preference hidden in a format reward gets gamed (SPEC §4b).
     """
     if style == "r1_zero":
         m = _R1_ZERO.fullmatch(completion)
         return bool(m) and all(completion.count(t) == 1 for t in TAGS) \
-            and bool(m["think"].strip()) and bool(m["answer"].strip())
+            and (bool(m["think"].strip()) or not require_reasoning) and bool(m["answer"].strip())
     if style == "r1":
         body = completion.lstrip()
         if body.startswith(THINK):
@@ -44,16 +46,17 @@ def format_ok(completion: str, style: str = "r1_zero") -> bool:
         if THINK in body or body.count(END_THINK) != 1:
             return False
         reasoning, answer = split_reasoning(body, started_in_reasoning=True)
-        return bool(reasoning) and bool(answer)
+        return (bool(reasoning) or not require_reasoning) and bool(answer)
     raise RewardError(f"unknown format style {style!r}; known: {', '.join(FORMAT_STYLES)}")
 
 
 @register_reward("format")
-def format_reward(completions: Sequence[str], examples: Sequence[Any], style: str = "r1_zero") -> list[float]:
-    """1.0 for a well-formed completion, else 0.0 (``style``: see ``format_ok``)."""
+def format_reward(completions: Sequence[str], examples: Sequence[Any], style: str = "r1_zero",
+                  require_reasoning: bool = False) -> list[float]:
+    """1.0 for a well-formed completion, else 0.0 (``style``, ``require_reasoning``: see ``format_ok``)."""
     if style not in FORMAT_STYLES:
         raise RewardError(f"unknown format style {style!r}; known: {', '.join(FORMAT_STYLES)}")
-    return [1.0 if format_ok(c, style) else 0.0 for c in completions]
+    return [1.0 if format_ok(c, style, require_reasoning) else 0.0 for c in completions]
 
 
 @register_reward("tag_count")
