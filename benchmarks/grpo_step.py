@@ -37,6 +37,8 @@ step = 16 × new tokens (checked: every completion has exactly that many tokens)
 Also reported: the generation part of each step (ours: ``gen_seconds`` — rollout incl.
 rewards; TRL: time inside its ``_generate_single_turn``, i.e. ``model.generate``).
 
+Needs TRL besides the test extras: ``pip install trl`` (1.16 measured; it leaves torch alone).
+
     python benchmarks/grpo_step.py                        # 6 timed steps after 2 warm-up
     python benchmarks/grpo_step.py --steps 10 --json out.json
     python benchmarks/grpo_step.py --steps 1 --warmup 1 --settings 64:0   # smoke test

@@ -503,11 +503,16 @@ def test_unprivileged_caller(tmp_path):
     for p in (tmp_path, home, d, f):
         os.chown(p, uid, uid)
     os.chmod(tmp_path, 0o755)
+    # a copy the demoted caller can read whatever the checkout's permissions (CI clones into a
+    # 0700 temp dir); opened relative to its cwd, since tmp_path's parents may be 0700 too
+    shutil.copyfile(SANDBOX_PY, tmp_path / "sandbox_under_test.py")
+    os.chmod(tmp_path / "sandbox_under_test.py", 0o644)
     srv = _listener()
     script = textwrap.dedent(f"""\
         import importlib.util, json, os, sys
-        spec = importlib.util.spec_from_file_location("sandbox", {str(SANDBOX_PY)!r})
-        sb = importlib.util.module_from_spec(spec); sys.modules["sandbox"] = sb; spec.loader.exec_module(sb)
+        import types
+        sb = types.ModuleType("sandbox"); sys.modules["sandbox"] = sb
+        exec(compile(open("sandbox_under_test.py").read(), "sandbox.py", "exec"), sb.__dict__)
         out = {{}}
         r = sb.run_program(sb.Program(sys.argv[1], tests=["assert succeeded"]), sb.Limits(timeout=5), guard=False)
         out["delete"] = [r.status, list(r.isolation)]
