@@ -50,12 +50,10 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import random
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -304,23 +302,11 @@ def summarize(times: list[float], new: int) -> dict:
 
 # ---------------------------------------------------------------------- setup
 def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    commit = None
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
-                                capture_output=True, text=True, timeout=10).stdout.strip() or None
-    import transformers
+    """train_step.py's machine/version record, plus TRL's version."""
     import trl
+    from train_step import machine_info as base_info   # benchmarks/ is on sys.path when run as a script
 
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "trl": trl.__version__,
-            "r1lab": r1lab.__version__, "r1lab_commit": commit}
+    return {**base_info(), "trl": trl.__version__}
 
 
 def check_logits(ours_model, ckpt: Path, tok: EngineTokenizer) -> float:

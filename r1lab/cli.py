@@ -149,17 +149,15 @@ def cmd_generate(args) -> int:
 
 
 def _task_options(pairs: list[str] | None) -> dict:
-    import yaml
+    """``--task-opt KEY=VALUE`` pairs as a mapping, parsed like a recipe's ``--set``."""
+    from .train.config import TrainError, apply_override
 
-    out = {}
+    out: dict = {}
     for item in pairs or []:
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise CLIError(f"--task-opt expects KEY=VALUE, got {item!r}")
         try:
-            out[key] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise CLIError(f"--task-opt {key}: cannot read the value {value!r}") from None
+            apply_override(out, item)
+        except TrainError as e:
+            raise CLIError(f"--task-opt: {e}") from None
     return out
 
 

@@ -40,6 +40,15 @@ def iter_jsonl(lines: Iterable[str], source: str | os.PathLike, error: type[Exce
             raise error(f"{source} line {lineno}: not valid JSON ({e.msg})") from None
 
 
+def jsonable(x: Any) -> Any:
+    """``x`` if JSON can write it, else its ``str`` (golds of any task go into JSONL logs)."""
+    try:
+        json.dumps(x)
+        return x
+    except (TypeError, ValueError):
+        return str(x)
+
+
 def text_chunks(lines: Iterable[str], chunk_chars: int) -> Iterator[str]:
     """Consecutive lines joined into chunks of at least ``chunk_chars`` characters (cut at
     line ends; the last chunk may be shorter) — plain-text files as training documents."""

@@ -87,6 +87,11 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    @property
+    def truncates(self) -> bool:
+        """Whether top-k/top-p/min-p remove any token (else sampling needs no sort)."""
+        return self.top_p < 1 or self.top_k > 0 or self.min_p > 0
+
 
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
@@ -154,7 +159,7 @@ def sample(logits: torch.Tensor, params: Sequence[SamplingParams], generators: S
 def _sample_rows(logits, params, generators):
     """Temperature, then top-k, top-p and min-p on the sorted distribution; inverse-CDF draw.
     Rows that truncate nothing (top_p 1, no top-k, min_p 0) skip the sort over the vocabulary."""
-    plain = [i for i, p in enumerate(params) if p.top_p >= 1 and p.top_k <= 0 and p.min_p <= 0]
+    plain = [i for i, p in enumerate(params) if not p.truncates]
     if len(plain) == len(params):   # per row, so a row's draw never depends on its batch
         temp = torch.tensor([p.temperature for p in params], device=logits.device)
         probs = torch.softmax(logits / temp[:, None], dim=-1)
@@ -211,7 +216,7 @@ def processed_probs(logits: torch.Tensor, params: Sequence[SamplingParams]) -> t
     if greedy:
         g = torch.tensor(greedy, device=logits.device)
         out[g, logits[g].argmax(dim=-1)] = 1.0
-    plain = [i for i, p in enumerate(params) if not p.greedy and p.top_p >= 1 and p.top_k <= 0 and p.min_p <= 0]
+    plain = [i for i, p in enumerate(params) if not p.greedy and not p.truncates]
     if plain:   # nothing truncated: softmax(logits / T), no sort
         idx = torch.tensor(plain, device=logits.device)
         temp = torch.tensor([params[i].temperature for i in plain], device=logits.device)

@@ -27,9 +27,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from ..files import atomic_write_text
+from ..files import atomic_write_text, jsonable
 from ..tasks import Example, Task
 from .metrics import majority_vote, pass_at_k, pass_k_values
 
@@ -349,21 +348,13 @@ def write_outputs(out: Path, examples: Sequence[Example], results: Sequence[dict
     for ex, r in zip(examples, results):
         for j, text in enumerate(r["texts"]):
             lines.append(json.dumps({
-                "id": ex.id, "sample": j, "question": ex.question, "gold": _jsonable(ex.gold), "completion": text,
+                "id": ex.id, "sample": j, "question": ex.question, "gold": jsonable(ex.gold), "completion": text,
                 "answer": r["answers"][j], "score": r["scores"][j], "correct": r["correct"][j],
                 "format": r["format"][j], "num_tokens": r["num_tokens"][j], "finish_reason": r["finish_reasons"][j],
             }, ensure_ascii=False) + "\n")
     atomic_write_text(out / "samples.jsonl", "".join(lines))
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(out / "summary.md", markdown_table([summary]))
-
-
-def _jsonable(x: Any):
-    try:
-        json.dumps(x)
-        return x
-    except TypeError:
-        return str(x)
 
 
 def markdown_table(summaries: Sequence[dict]) -> str:

@@ -34,6 +34,13 @@ class Example:
 PROMPT_STYLES = ("r1_zero", "chat", "plain")
 
 
+def check_style(style: str) -> str:
+    """``style`` if it is a known prompt style, else a one-line TaskError."""
+    if style not in PROMPT_STYLES:
+        raise TaskError(f"unknown prompt style {style!r}; choose one of {', '.join(PROMPT_STYLES)}")
+    return style
+
+
 class Task:
     """Base class. Subclasses set ``name``, ``kind`` ("math" | "code" | "countdown"),
     ``splits`` and implement ``examples(split)`` and ``score``."""

@@ -29,7 +29,7 @@ from pathlib import Path
 from r1lab.files import iter_jsonl
 from r1lab.rewards.code import code_details, extract_code, normalize_code
 from r1lab.rewards.sandbox import SandboxResult
-from r1lab.tasks.base import PROMPT_STYLES, Example, Task, TaskError, register_task
+from r1lab.tasks.base import check_style, Example, Task, TaskError, register_task
 from r1lab.tokenizer import r1_zero_prompt
 
 BENCHMARK_DIR = Path(__file__).resolve().parent.parent / "assets" / "benchmarks"
@@ -73,12 +73,6 @@ def _need(rec: dict, key: str, kind, path, lineno):
 STYLE_STARTS_IN_REASONING = {"chat": True, "r1_zero": False, "plain": False}
 
 
-def _check_style(style: str) -> str:
-    if style not in PROMPT_STYLES:
-        raise TaskError(f"unknown prompt style {style!r}; choose one of {', '.join(PROMPT_STYLES)}")
-    return style
-
-
 class _CodeTask(Task):
     kind = "code"
     answer_format = "code"          # a ```python block in the answer part (not \boxed/<answer>)
@@ -87,7 +81,7 @@ class _CodeTask(Task):
     def __init__(self, path: str | Path | None = None, style: str = "chat", timeout: float | None = None,
                  memory_mb: int | None = None, max_workers: int | None = None):
         self.path = Path(path) if path is not None else self.default_path
-        self.style = _check_style(style)
+        self.style = check_style(style)
         self.reward_options = {"timeout": timeout, "memory_mb": memory_mb, "max_workers": max_workers}
 
     def __repr__(self) -> str:
@@ -102,7 +96,7 @@ class _CodeTask(Task):
     def prompt(self, example: Example, style: str | None = None) -> str | list[dict]:
         """The chat prompt (one user turn, no system prompt), the R1-Zero prompt or the plain
         instruction; all ask for the function in a ```python block."""
-        style = _check_style(self.style if style is None else style)
+        style = check_style(self.style if style is None else style)
         if style == "chat":
             return [{"role": "user", "content": example.question}]
         if style == "r1_zero":
@@ -110,7 +104,7 @@ class _CodeTask(Task):
         return example.question
 
     def _started(self, style: str | None) -> bool:
-        return STYLE_STARTS_IN_REASONING[_check_style(self.style if style is None else style)]
+        return STYLE_STARTS_IN_REASONING[check_style(self.style if style is None else style)]
 
     def details(self, completions: Sequence[str], examples: Sequence[Example], style: str | None = None,
                 **options) -> list[SandboxResult]:

@@ -32,7 +32,7 @@ from typing import Any
 
 from r1lab.files import iter_jsonl
 from r1lab.reasoning import last_boxed
-from r1lab.tasks.base import PROMPT_STYLES, TASKS, Example, Task, TaskError, register_task
+from r1lab.tasks.base import TASKS, check_style, Example, Task, TaskError, register_task
 from r1lab.tokenizer import math_prompt, r1_zero_prompt
 
 PACKAGE_BENCHMARKS = Path(__file__).resolve().parent.parent / "assets" / "benchmarks"
@@ -98,12 +98,6 @@ def _first_field(rec: Mapping, names: Sequence[str], where: str) -> tuple[str, A
     raise TaskError(f"{where}: missing field {' / '.join(repr(n) for n in names)}")
 
 
-def _check_style(style: str) -> str:
-    if style not in PROMPT_STYLES:
-        raise TaskError(f"unknown prompt style {style!r}; choose one of {', '.join(PROMPT_STYLES)}")
-    return style
-
-
 class MathTask(Task):
     """A JSONL-backed math task: one file per split, a gold rule, and math-verify scoring."""
 
@@ -120,7 +114,7 @@ class MathTask(Task):
         self.files = dict(files)
         self.gold_rule, self.answer_fields = gold_rule, tuple(answer_fields)
         self.path = Path(path) if path is not None else None
-        self.style = _check_style(style)
+        self.style = check_style(style)
         if extract is not None and extract not in EXTRACT_MODES:
             raise TaskError(f"unknown extract mode {extract!r}; known: {', '.join(EXTRACT_MODES)}")
         self.extract = extract
@@ -174,7 +168,7 @@ class MathTask(Task):
     def prompt(self, example: Example, style: str | None = None) -> str | list[dict]:
         """SPEC §7 chat prompt (user turn = question + MATH_SUFFIX, no system prompt), SPEC §4
         R1-Zero prompt, or the plain question."""
-        style = _check_style(self.style if style is None else style)
+        style = check_style(self.style if style is None else style)
         if style == "chat":
             return [{"role": "user", "content": math_prompt(example.question)}]
         if style == "r1_zero":
@@ -182,7 +176,7 @@ class MathTask(Task):
         return example.question
 
     def _extraction(self, style: str | None) -> tuple[str, bool]:
-        mode, started = STYLE_EXTRACTION[_check_style(self.style if style is None else style)]
+        mode, started = STYLE_EXTRACTION[check_style(self.style if style is None else style)]
         return self.extract or mode, started
 
     def score(self, completions: Sequence[str], examples: Sequence[Example], style: str | None = None) -> list[float]:

@@ -53,7 +53,7 @@ import re
 from collections.abc import Iterator, Sequence
 
 from r1lab.reasoning import END_THINK, THINK, extract_answer, split_reasoning
-from r1lab.tasks.base import PROMPT_STYLES, Example, Task, TaskError, register_task
+from r1lab.tasks.base import check_style, Example, Task, TaskError, register_task
 from r1lab.tokenizer import r1_zero_prompt, render_chat
 
 # ------------------------------------------------------------------ named limits and defaults
@@ -139,11 +139,6 @@ def _fraction(value) -> float:
     return float(value)
 
 
-def _check_style(style: str) -> None:
-    if style not in PROMPT_STYLES:
-        raise TaskError(f"unknown prompt style {style!r}; choose one of {', '.join(PROMPT_STYLES)}")
-
-
 class _SyntheticTask(Task):
     """Seeded, hash-split example streams shared by the synthetic tasks."""
 
@@ -196,7 +191,7 @@ class _SyntheticTask(Task):
             i += 1
 
     def prompt(self, example: Example, style: str = "r1_zero") -> str | list[dict]:
-        _check_style(style)
+        check_style(style)
         if style == "r1_zero":
             return r1_zero_prompt(example.question)
         if style == "chat":
@@ -220,7 +215,7 @@ class _SyntheticTask(Task):
         if isinstance(worked_fraction, bool) or not isinstance(worked_fraction, (int, float)) \
                 or not 0 <= worked_fraction <= 1:
             raise TaskError(f"worked_fraction must be between 0 and 1, got {worked_fraction!r}")
-        _check_style(style)
+        check_style(style)
         n = _size("n", n)
         stream = type(self)(**{**self.options, "seed": seed, "size": None}).examples("train")
         pick = random.Random(f"{self.name}:{seed}:worked")
@@ -241,7 +236,7 @@ def format_completion(example: Example, worked: bool, style: str = "r1_zero") ->
     (direct: ``<think> </think> <answer> {answer} </answer>``). ``chat``: what follows R1's
     generation prompt (which already opened ``<think>``): ``{solution}\\n</think>\\n\\n{answer}``.
     """
-    _check_style(style)
+    check_style(style)
     answer = _final_answer(example)
     thought = example.meta["solution"] if worked else ""
     if style == "chat":

@@ -274,6 +274,16 @@ class BaseTrainConfig:
 
 
 # ---------------------------------------------------------------------- stages
+def _check_lm_objective(cfg) -> None:
+    """The fields pre-training and SFT share: rows, row length and the SPEC §2 loss weights."""
+    _positive_int(cfg.batch_size, "batch_size")
+    check(_is_int(cfg.seq_len) and cfg.seq_len >= 2, "seq_len", f"must be an integer >= 2, got {cfg.seq_len!r}")
+    check(_is_num(cfg.mtp_lambda) and cfg.mtp_lambda >= 0, "mtp_lambda", f"must be >= 0, got {cfg.mtp_lambda!r}")
+    if cfg.balance_alpha is not None:
+        check(_is_num(cfg.balance_alpha) and cfg.balance_alpha >= 0, "balance_alpha",
+              f"must be >= 0, got {cfg.balance_alpha!r}")
+
+
 @dataclass
 class PretrainData:
     """Pre-training documents, packed into rows of ``seq_len + 1`` tokens.
@@ -325,12 +335,7 @@ class PretrainConfig(BaseTrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _positive_int(self.batch_size, "batch_size")
-        check(_is_int(self.seq_len) and self.seq_len >= 2, "seq_len", f"must be an integer >= 2, got {self.seq_len!r}")
-        check(_is_num(self.mtp_lambda) and self.mtp_lambda >= 0, "mtp_lambda", f"must be >= 0, got {self.mtp_lambda!r}")
-        if self.balance_alpha is not None:
-            check(_is_num(self.balance_alpha) and self.balance_alpha >= 0, "balance_alpha",
-                  f"must be >= 0, got {self.balance_alpha!r}")
+        _check_lm_objective(self)
 
 
 @dataclass
@@ -367,12 +372,7 @@ class SFTConfig(BaseTrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _positive_int(self.batch_size, "batch_size")
-        check(_is_int(self.seq_len) and self.seq_len >= 2, "seq_len", f"must be an integer >= 2, got {self.seq_len!r}")
-        check(_is_num(self.mtp_lambda) and self.mtp_lambda >= 0, "mtp_lambda", f"must be >= 0, got {self.mtp_lambda!r}")
-        if self.balance_alpha is not None:
-            check(_is_num(self.balance_alpha) and self.balance_alpha >= 0, "balance_alpha",
-                  f"must be >= 0, got {self.balance_alpha!r}")
+        _check_lm_objective(self)
 
 
 # ---------------------------------------------------------------------- the loader

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from ..engine.sampler import sequence_seed
+from ..files import jsonable
 from .config import BaseTrainConfig, _choice, _is_int, _is_num, _positive_int, check
 from .grpo_loss import (ADVANTAGE_MODES, LOSS_AGGREGATIONS, group_advantages, grpo_loss, masked_entropy,
                         token_logprobs, zero_variance_groups)
@@ -333,7 +334,7 @@ class GRPOAlgorithm:
         G, n = self.cfg.group_size, trainer.cfg.log.samples
         out = []
         for i in range(0, min(len(ro.texts), n * G), G):
-            out.append({"question": ro.examples[i].question, "gold": _jsonable(ro.examples[i].gold),
+            out.append({"question": ro.examples[i].question, "gold": jsonable(ro.examples[i].gold),
                         "completion": ro.texts[i], "reward": float(ro.rewards[i]), "correct": ro.correct[i],
                         "tokens": len(ro.completion_ids[i])})
         return out
@@ -377,15 +378,6 @@ def _concat(a: Rollout, b: Rollout) -> Rollout:
                    a.old_logprobs + b.old_logprobs, a.texts + b.texts, a.finish_reasons + b.finish_reasons,
                    torch.cat([a.rewards, b.rewards]),
                    {k: a.per_reward[k] + b.per_reward[k] for k in a.per_reward}, a.correct + b.correct)
-
-
-def _jsonable(x):
-    import json
-    try:
-        json.dumps(x)
-        return x
-    except TypeError:
-        return str(x)
 
 
 def build_algorithm(cfg: GRPOConfig, model, tokenizer) -> GRPOAlgorithm:
