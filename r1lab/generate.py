@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .device import resolve_device as pick_device
 from .files import atomic_write_text, iter_jsonl
 
 BATCH_PROMPTS = 64  # prompts handed to the engine at once when generating from a file
@@ -141,14 +142,8 @@ def _report_spec(engine) -> None:
 
 def resolve_device(device: str = "auto", dtype: str | None = None) -> tuple[str, torch.dtype]:
     """``auto`` = CUDA when present, else CPU; dtype defaults to bf16 on CUDA, fp32 on CPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise GenerateError(f"--device: unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise GenerateError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
+    dev = pick_device(device, "--device", GenerateError)
+    device = str(dev)
     if dtype is None:
         return device, (torch.bfloat16 if dev.type == "cuda" else torch.float32)
     dt = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,

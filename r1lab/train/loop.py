@@ -59,6 +59,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from ..device import resolve_device as pick_device
 from ..files import atomic_write_text
 from .config import BaseTrainConfig, ModelSpec, ScheduleConfig, TrainError, to_yaml
 from .plots import read_metrics
@@ -116,11 +117,8 @@ def lr_factor(step: int, schedule: ScheduleConfig, total_steps: int) -> float:
 
 # ---------------------------------------------------------------------- model and tokenizer
 def resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainError(f"device {spec!r} asked for but CUDA is not available (use device: auto or cpu)")
-    return torch.device(spec)
+    """The recipe's ``device`` (r1lab/device.py's rule; errors name the recipe field)."""
+    return pick_device(spec, "recipe field 'device'", TrainError)
 
 
 def load_start(spec: ModelSpec, seed: int) -> tuple[torch.nn.Module, Any]:
