@@ -98,7 +98,22 @@ def _init_tokenizer(cfg, path: str | None):
     return None, "no tokenizer (the shipped one does not fit this config; pass --tokenizer DIR)"
 
 
+def _positive_int_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
 def cmd_demo(args) -> int:
+    if args.r1_zero is not None:
+        from .demo_r1zero import run_demo as run_r1_zero
+
+        return run_r1_zero(base=args.r1_zero, out_dir=Path(args.out), recipe=args.recipe, steps=args.steps,
+                           questions=args.questions, k=args.k, threads=args.threads)
     from .demo import run_demo
 
     return run_demo(seconds=args.seconds, out_dir=Path(args.out), seed=args.seed)
@@ -295,10 +310,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="the main demo: model accounting and a short CPU pre-training run",
                        description="Shows r1lab info for the presets, then pre-trains the tiny MoE model on "
-                                   "synthetic arithmetic for about a minute and prints a before/after table.")
+                                   "synthetic arithmetic for about a minute and prints a before/after table. "
+                                   "With --r1-zero BASE: evaluates the base checkpoint on held-out questions, runs "
+                                   "R1-Zero GRPO on it (recipes/r1_zero_tiny.yaml: rule rewards, no length term), "
+                                   "evaluates again and prints a before/after table (runs/demo/summary.json, plots).")
     s.add_argument("--seconds", type=float, default=60.0, help="training time budget (default 60)")
     s.add_argument("--out", default="runs/demo", help="output directory for metrics, plots, checkpoint")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--r1-zero", metavar="BASE", help="run the R1-Zero demo on this base checkpoint directory "
+                                                     "(e.g. runs/base_tiny/final from recipes/base_tiny.yaml)")
+    s.add_argument("--recipe", help="--r1-zero: GRPO recipe (default recipes/r1_zero_tiny.yaml of the checkout)")
+    s.add_argument("--steps", type=_positive_int_arg, help="--r1-zero: GRPO steps (default: the recipe's)")
+    s.add_argument("--questions", type=_positive_int_arg, default=128,
+                   help="--r1-zero: held-out questions (default 128)")
+    s.add_argument("--k", type=_positive_int_arg, default=4, help="--r1-zero: samples per question (default 4)")
+    s.add_argument("--threads", type=_positive_int_arg, help="--r1-zero: CPU threads (default: the recipe's)")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer with the R1 special tokens",
@@ -363,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Evaluate with DeepSeek-R1's protocol (SPEC §7): k samples per question at "
                                    "temperature 0.6 / top-p 0.95; pass@1 = mean correctness over the samples, "
                                    "cons@k = majority vote, unbiased pass@k. Tasks: gsm8k, math500, aime24, amc23, "
-                                   "humaneval, mbpp, arithmetic, countdown, or any JSONL with question/answer fields.")
+                                   "humaneval, mbpp, arithmetic, chain_add, countdown, or any JSONL with "
+                                   "question/answer fields.")
     s.add_argument("--task", required=True, metavar="NAME|FILE", help="a task name or a .jsonl file")
     s.add_argument("--model", metavar="DIR", help="checkpoint directory (runs our engine)")
     s.add_argument("--endpoint", metavar="URL", help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
@@ -426,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as e:  # known library errors carry one-line messages
         from .checkpoint import CheckpointError
+        from .demo_r1zero import DemoError
         from .engine.cache import CacheError
         from .engine.engine import EngineError
         from .engine.sampler import SamplingError
@@ -436,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         from .train.config import TrainError
 
         known = (CheckpointError, CacheError, EngineError, SamplingError, GenerateError, EvalError, TaskError,
-                 RewardError, TrainError,
+                 RewardError, TrainError, DemoError,
                  FileNotFoundError, PermissionError, IsADirectoryError)
         if isinstance(e, known):
             print(f"r1lab: error: {e}", file=sys.stderr)

@@ -39,6 +39,10 @@ Completions follow the R1-Zero form (``format_completion``):
 for a direct answer; a pre-training document is ``prompt + " " + completion``
 (``document``; the tokenizer encodes the two parts the same alone or joined).
 
+Chained addition (``chain_add``, the demo's task): ``37+85+12+64`` answered directly or by
+running sums, ``37+85=122 122+12=134 134+64=198``; with ``mod`` the remainder,
+``3+7+2+9+4 mod 10``: ``3+7=10 0+2=2 2+9=11 1+4=5`` (see ``ChainAddTask`` for why).
+
 Countdown (TinyZero's task): reach a target with ``+ - * /`` using **each given number
 exactly once** (TinyZero's rule, checked by the ``countdown`` reward in
 ``r1lab.rewards.countdown``); the generator builds the target from a random expression
@@ -339,8 +343,36 @@ def _operand(rng: random.Random, digits: tuple[int, int]) -> int:
     return rng.randrange(10 ** (n - 1) if n > 1 else 0, 10 ** n)
 
 
+class _IntegerAnswerTask(_SyntheticTask):
+    """A synthetic task whose answer is one integer (arithmetic, chain_add)."""
+
+    kind = "math"
+    answer_format = "auto"
+
+    def answer_key(self, completion: str, example: Example | None = None) -> str | None:
+        """The completion's final integer, normalised (``"0042"`` -> ``"42"``); None if none.
+
+        From the answer part: the ``<answer>`` / ``\\boxed{}`` content, else the whole answer
+        part when it is a bare integer.
+        """
+        part = answer_part(completion)
+        extracted = extract_answer(part)
+        value = parse_int_answer(extracted if extracted is not None else part)
+        return None if value is None else str(value)
+
+    def score(self, completions: Sequence[str], examples: Sequence[Example]) -> list[float]:
+        """1.0 when the final integer equals the gold integer, else 0.0 (pure Python, fast)."""
+        if len(completions) != len(examples):
+            raise TaskError(f"{len(completions)} completions for {len(examples)} examples")
+        out = []
+        for c, ex in zip(completions, examples):
+            key = self.answer_key(c, ex)
+            out.append(1.0 if key is not None and int(key) == int(ex.gold) else 0.0)
+        return out
+
+
 @register_task("arithmetic")
-class ArithmeticTask(_SyntheticTask):
+class ArithmeticTask(_IntegerAnswerTask):
     """Seeded multi-digit arithmetic with worked solutions (see the module docstring).
 
     Options: ``ops`` ("+-*" or a list; ``x``/``×`` mean ``*``), ``digits`` (int or
@@ -355,8 +387,6 @@ class ArithmeticTask(_SyntheticTask):
     """
 
     name = "arithmetic"
-    kind = "math"
-    answer_format = "auto"
 
     def __init__(self, ops="+-*", digits=(1, 4), mul_digits=(1, 2), negative: bool = False, seed: int = 0,
                  size: int | None = DEFAULT_TRAIN_SIZE, test_size: int | None = DEFAULT_TEST_SIZE,
@@ -399,27 +429,6 @@ class ArithmeticTask(_SyntheticTask):
 
         return question, build
 
-    def answer_key(self, completion: str, example: Example | None = None) -> str | None:
-        """The completion's final integer, normalised (``"0042"`` -> ``"42"``); None if none.
-
-        From the answer part: the ``<answer>`` / ``\\boxed{}`` content, else the whole answer
-        part when it is a bare integer.
-        """
-        part = answer_part(completion)
-        extracted = extract_answer(part)
-        value = parse_int_answer(extracted if extracted is not None else part)
-        return None if value is None else str(value)
-
-    def score(self, completions: Sequence[str], examples: Sequence[Example]) -> list[float]:
-        """1.0 when the final integer equals the gold integer, else 0.0 (pure Python, fast)."""
-        if len(completions) != len(examples):
-            raise TaskError(f"{len(completions)} completions for {len(examples)} examples")
-        out = []
-        for c, ex in zip(completions, examples):
-            key = self.answer_key(c, ex)
-            out.append(1.0 if key is not None and int(key) == int(ex.gold) else 0.0)
-        return out
-
 
 def pretrain_corpus(n: int | None, worked_fraction: float = 0.25, seed: int = 0, style: str = "r1_zero",
                     **knobs) -> Iterator[str]:
@@ -430,6 +439,148 @@ def pretrain_corpus(n: int | None, worked_fraction: float = 0.25, seed: int = 0,
     solution, the rest a direct answer.
     """
     return ArithmeticTask(**knobs).pretrain_corpus(n, worked_fraction=worked_fraction, seed=seed, style=style)
+
+
+# ------------------------------------------------------------------ chained addition
+MAX_CHAIN_TERMS = 16
+CHAIN_TERMS = (2, 7)
+CHAIN_DIGITS = (2, 2)
+
+
+def chain_solution(terms: Sequence[int], mod: int | None = None) -> str:
+    """The running sums of ``terms``: ``37+85=122 122+12=134 134+64=198``.
+
+    Each step adds the next term to the value the step before left, so a step copies one
+    number from just before it and one from the question, and the number of steps
+    (terms − 1) grows with the difficulty. With ``mod`` each step writes the true sum and
+    the next step starts from it modulo ``mod`` (``3+7=10 0+2=2 2+9=11 1+4=5`` for mod 10).
+    """
+    steps, acc = [], terms[0]
+    for t in terms[1:]:
+        steps.append(f"{acc}+{t}={acc + t}")
+        acc = (acc + t) % mod if mod else acc + t
+    return " ".join(steps)
+
+
+def chain_rewrites(terms: Sequence[int], mod: int | None = None) -> str:
+    """The chain rewritten until one number is left: ``8+7+4+6 = 5+4+6 = 9+6 = 5`` (mod 10).
+
+    The first line copies the question's chain; each later line replaces the first two
+    numbers of the line before by their sum (modulo ``mod``) and copies the rest, so every
+    token is either one small sum of two tokens at fixed places in the line before, or a
+    copy of the token two places further along in it — no counting of which term comes next.
+    """
+    line, lines = list(terms), []
+    while True:
+        lines.append("+".join(map(str, line)))
+        if len(line) == 1:
+            return " = ".join(lines)
+        head = line[0] + line[1]
+        line = [head % mod if mod else head] + line[2:]
+
+
+def chain_prefix(terms: Sequence[int], mod: int | None = None) -> str:
+    """The running values, one per term, and a conclusion: ``8 5 9 5 so the answer is 5``
+    for ``8+7+4+6 mod 10``.
+
+    Value k is (value k−1 + term k) mod ``mod``: written one digit and one space apart,
+    like the question's terms one digit and one ``+`` apart, so each value's inputs sit at
+    the same distances for every k — the value just before it and the term a fixed number
+    of tokens back — and nothing has to be counted.
+    """
+    values, acc = [], 0
+    for t in terms:
+        acc = (acc + t) % mod if mod else acc + t
+        values.append(str(acc))
+    return " ".join(values) + f" so the answer is {acc}"
+
+
+def chain_pairs(terms: Sequence[int], mod: int | None = 10) -> str:
+    """Each term followed by the running value's last digit: ``33 58 19 87`` for
+    ``3 + 5 + 1 + 8 mod 10``.
+
+    With one-digit terms and the question spaced ``3 + 5 + 1`` (three tokens a term, as a
+    pair and its space), every pair sits the same number of tokens after its term: the
+    first digit is a copy from a fixed distance back and the second one of 100 sums of the
+    two digits just before it — nothing to count, nothing far to combine.
+    """
+    pairs, acc = [], 0
+    for t in terms:
+        acc = (acc + t) % mod if mod else acc + t
+        pairs.append(f"{t}{acc % 10}")
+    return " ".join(pairs)
+
+
+CHAIN_SOLUTIONS = {"running": chain_solution, "rewrite": chain_rewrites, "prefix": chain_prefix,
+                   "pairs": chain_pairs}
+
+
+@register_task("chain_add")
+class ChainAddTask(_IntegerAnswerTask):
+    """The sum of a chain of numbers, ``37+85+12+64+90``, or its remainder, ``3+7+2+9+4 mod 10``.
+
+    Why this task (meant for the R1-Zero demo, SPEC §4b): a direct answer must combine
+    every term at once — the last digit of a long sum of digits is the parity-like problem
+    a small transformer does not learn to answer in one step — while each step of a worked
+    solution (``meta["solution"]``) adds just two small numbers. Which worked form a tiny
+    model learns within a CPU budget is the open question (recipes/base_tiny.yaml records
+    the measurements), hence the ``solution`` variants.
+
+    Options: ``terms`` (int or (min, max) numbers in the chain, default (2, 7)),
+    ``digits`` (int or (min, max) digits of each number, default 2), ``mod`` (None: the
+    sum; an integer m ≥ 2: the sum modulo m, and the question ends in `` mod m``),
+    ``solution`` (``running``: running sums, ``chain_solution``; ``rewrite``: the chain
+    rewritten with its first two numbers summed until one is left, ``chain_rewrites``;
+    ``prefix``: the running values, ``chain_prefix``; ``pairs``: each term and the
+    running last digit, ``chain_pairs``, for one-digit terms mod 10, with the question
+    spaced ``3 + 5 + 1``), ``wording`` (``mod``: ``3+5+1 mod 10``; ``last_digit``:
+    ``last digit of 3+5+1``, with mod 10 — the chain ends the prompt, so with ``prefix``
+    each value is a fixed, short distance after its term), ``seed``, ``size`` /
+    ``test_size`` (None: endless), ``test_fraction``. ``gold`` is the answer as a string;
+    ``meta``: ``solution``, ``difficulty`` (its steps: terms − 1), ``terms``.
+    """
+
+    name = "chain_add"
+
+    def __init__(self, terms=CHAIN_TERMS, digits=CHAIN_DIGITS, mod: int | None = None, solution: str = "running",
+                 wording: str = "mod", seed: int = 0,
+                 size: int | None = DEFAULT_TRAIN_SIZE, test_size: int | None = DEFAULT_TEST_SIZE,
+                 test_fraction: float = DEFAULT_TEST_FRACTION):
+        super().__init__(seed, size, test_size, test_fraction)
+        self.terms = _range("terms", terms, 2, MAX_CHAIN_TERMS)
+        self.digits = _range("digits", digits, 1, MAX_DIGITS)
+        if mod is not None and (isinstance(mod, bool) or not isinstance(mod, int) or mod < 2):
+            raise TaskError(f"mod must be an integer >= 2 or null (the plain sum), got {mod!r}")
+        self.mod = mod
+        if solution not in CHAIN_SOLUTIONS:
+            raise TaskError(f"solution must be one of {', '.join(CHAIN_SOLUTIONS)}, got {solution!r}")
+        if solution == "pairs" and (self.digits != (1, 1) or mod != 10):
+            raise TaskError("solution 'pairs' needs digits 1 and mod 10 (a pair is a term and one digit)")
+        self.solution = solution
+        if wording not in ("mod", "last_digit"):
+            raise TaskError(f"wording must be mod or last_digit, got {wording!r}")
+        if wording == "last_digit" and mod != 10:
+            raise TaskError("wording 'last_digit' needs mod 10")
+        self.wording = wording
+        self.options = dict(terms=self.terms, digits=self.digits, mod=mod, solution=solution, wording=wording,
+                            seed=seed, size=size,
+                            test_size=test_size, test_fraction=self.test_fraction)
+
+    def _candidate(self, rng: random.Random):
+        terms = [_operand(rng, self.digits) for _ in range(rng.randint(*self.terms))]
+        chain = (" + " if self.solution == "pairs" else "+").join(map(str, terms))
+        if self.wording == "last_digit":
+            question = f"last digit of {chain}"
+        else:
+            question = chain + (f" mod {self.mod}" if self.mod else "")
+
+        def build(id_: str) -> Example:
+            total = sum(terms) % self.mod if self.mod else sum(terms)
+            meta = {"solution": CHAIN_SOLUTIONS[self.solution](terms, self.mod), "difficulty": len(terms) - 1,
+                    "terms": len(terms)}
+            return Example(id=id_, question=question, gold=str(total), meta=meta)
+
+        return question, build
 
 
 # ------------------------------------------------------------------ countdown
@@ -520,6 +671,7 @@ class CountdownTask(_SyntheticTask):
 
 
 __all__ = [
-    "ArithmeticTask", "CountdownTask", "answer_part", "countdown_question", "document", "format_completion",
-    "parse_int_answer", "pretrain_corpus", "worked_solution",
+    "ArithmeticTask", "ChainAddTask", "CountdownTask", "answer_part", "chain_pairs", "chain_prefix", "chain_rewrites",
+    "chain_solution", "countdown_question", "document", "format_completion", "parse_int_answer", "pretrain_corpus",
+    "worked_solution",
 ]

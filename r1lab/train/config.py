@@ -47,7 +47,8 @@ import yaml
 SCHEDULE_KINDS = ("cosine", "constant", "linear")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
-PRETRAIN_SOURCES = ("arithmetic", "files")
+SYNTHETIC_SOURCES = ("arithmetic", "chain_add", "countdown")
+PRETRAIN_SOURCES = SYNTHETIC_SOURCES + ("files",)
 PROMPT_STYLES = ("r1_zero", "chat", "plain")
 SFT_LOSS_ON = ("all", "last")
 
@@ -288,12 +289,15 @@ def _check_lm_objective(cfg) -> None:
 class PretrainData:
     """Pre-training documents, packed into rows of ``seq_len + 1`` tokens.
 
-    source ``arithmetic``: the synthetic corpus of ``r1lab.tasks.synthetic`` (``options``
-    are ``ArithmeticTask`` knobs: ops, digits, mul_digits, negative; ``worked_fraction`` of
+    source ``arithmetic`` / ``chain_add`` / ``countdown``: the corpus of that synthetic task
+    of ``r1lab.tasks.synthetic`` (``options`` are the task's knobs, e.g. arithmetic's ops,
+    digits, mul_digits, negative or chain_add's terms, digits; ``worked_fraction`` of
     the documents carry the worked solution, SPEC §4b; ``style`` the prompt form).
     source ``files``: ``paths`` of JSONL (the ``text_field`` of each record is a document)
     or plain-text files (cut into chunks at line ends); held-out documents are
     ``heldout_paths`` or else a ``heldout_fraction`` of documents chosen by hash.
+    ``pack``: documents back to back in rows of ``seq_len + 1`` (default), or false: one
+    document per row, padded (short documents; each attends only to itself — data.py).
     """
 
     source: str = "arithmetic"
@@ -305,9 +309,11 @@ class PretrainData:
     heldout_paths: list[str] = field(default_factory=list)
     heldout_fraction: float = 0.02
     shuffle: bool = True
+    pack: bool = True
 
     def __post_init__(self) -> None:
         _choice(self.source, "source", PRETRAIN_SOURCES)
+        check(isinstance(self.pack, bool), "pack", f"must be true or false, got {self.pack!r}")
         check(isinstance(self.options, dict), "options", f"must be a mapping, got {self.options!r}")
         check(_is_num(self.worked_fraction) and 0 <= self.worked_fraction <= 1, "worked_fraction",
               f"must be in [0, 1], got {self.worked_fraction!r}")

@@ -4,10 +4,11 @@ Every stream here is a pure function of (seed, position): the trainer's checkpoi
 the position (``state_dict``), and a resumed run reads exactly the rows it would have
 read (loop.py's exact-resume guarantee).
 
-* Pre-training (SPEC §4b): documents — the synthetic arithmetic corpus of
-  ``r1lab.tasks.synthetic`` or text/JSONL files — become ``BOS + doc + EOS`` and are packed
-  back to back into rows of ``seq_len + 1`` tokens (``PackedDocuments``); a document may
-  continue into the next row.
+* Pre-training (SPEC §4b): documents — the corpus of a synthetic task of
+  ``r1lab.tasks.synthetic`` (arithmetic, chained addition, countdown) or text/JSONL
+  files — become ``BOS + doc + EOS`` and are packed back to back into rows of
+  ``seq_len + 1`` tokens (``PackedDocuments``; a document may continue into the next
+  row), or with ``pack: false`` one per padded row (``PaddedDocuments``).
 * SFT: chat records are rendered with DeepSeek-R1's template (SPEC §8) and packed whole
   into rows (``PackedConversations``); labels are the token ids on assistant tokens and
   ``IGNORE_INDEX`` (-100) everywhere else — prompts, padding, and so also across the
@@ -61,29 +62,33 @@ def _epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> list[int]:
 
 
 # ---------------------------------------------------------------------- document sources
-class ArithmeticDocuments:
-    """Document ``i`` of the endless synthetic arithmetic corpus (train questions only).
+class SyntheticDocuments:
+    """Document ``i`` of the endless corpus of a synthetic task (train questions only).
 
-    Documents come in shards of ``SHARD_DOCS``; shard ``s`` is ``pretrain_corpus`` under a
-    seed derived from (seed, s), so any position is reachable without replaying the stream.
+    ``source`` names the task (``arithmetic``, ``chain_add``, ``countdown``; ``options``
+    are its knobs). Documents come in shards of ``SHARD_DOCS``; shard ``s`` is the task's
+    ``pretrain_corpus`` under a seed derived from (seed, s), so any position is reachable
+    without replaying the stream.
     """
 
-    def __init__(self, options: dict, worked_fraction: float, style: str, seed: int):
-        from ..tasks import TaskError
-        from ..tasks.synthetic import ArithmeticTask
-
-        try:
-            self.task = ArithmeticTask(**options)
-        except TaskError as e:
-            raise DataError(f"recipe field 'data.options': {e}") from None
-        except TypeError as e:
-            raise DataError(f"recipe field 'data.options': {e}") from None
+    def __init__(self, options: dict, worked_fraction: float, style: str, seed: int, source: str = "arithmetic"):
+        self.source = source
+        self.task = self._task(options)
         self.options, self.worked_fraction, self.style, self.seed = dict(options), worked_fraction, style, seed
         self._shard: tuple[int, list[str]] | None = None
+
+    def _task(self, options: dict, **extra):
+        from ..tasks import TaskError, get_task
+
+        try:
+            return get_task(self.source, **{**options, **extra})
+        except (TaskError, TypeError) as e:
+            raise DataError(f"recipe field 'data.options': {e}") from None
 
     def __getitem__(self, i: int) -> str:
         s, j = divmod(i, SHARD_DOCS)
         if self._shard is None or self._shard[0] != s:
+            # the shard seed keeps the historical "arithmetic" namespace for every source
             docs = list(self.task.pretrain_corpus(SHARD_DOCS, worked_fraction=self.worked_fraction,
                                                   seed=_derive_seed("arithmetic", self.seed, s), style=self.style))
             self._shard = (s, docs)
@@ -91,20 +96,21 @@ class ArithmeticDocuments:
 
     def heldout(self) -> Iterator[str]:
         """Documents of *test*-split questions (never trained on), worked as often as in training."""
-        from ..tasks.synthetic import ArithmeticTask, document
+        from ..tasks.synthetic import document
 
-        task = ArithmeticTask(**{**self.options, "seed": self.seed, "test_size": None})
+        task = self._task(self.options, seed=self.seed, test_size=None)
         pick = random.Random(_derive_seed("heldout-worked", self.seed))
         for ex in task.examples("test"):
             yield document(ex, pick.random() < self.worked_fraction, self.style)
 
     def sample_prompts(self, n: int) -> list[tuple[str, str]]:
         """(prompt, gold answer) of ``n`` test questions, for sample logging."""
-        from ..tasks.synthetic import ArithmeticTask
-
-        task = ArithmeticTask(**{**self.options, "seed": self.seed, "test_size": n})
+        task = self._task(self.options, seed=self.seed, test_size=n)
         return [(task.prompt(ex, self.style) if self.style != "chat" else render_chat(
             task.prompt(ex, "chat"), add_generation_prompt=True), str(ex.gold)) for ex in task.examples("test")]
+
+
+ArithmeticDocuments = SyntheticDocuments   # the original name (source "arithmetic")
 
 
 class FileDocuments:
@@ -204,6 +210,44 @@ class PackedDocuments:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.next_doc, self.carry = int(state["next_doc"]), list(state["carry"])
+
+
+PAD = -1   # padding in rows of unpacked documents: input 0 (never attended by real tokens), target ignored
+
+
+class PaddedDocuments(PackedDocuments):
+    """One ``BOS + doc + EOS`` per row (``pack: false``), cut to ``seq_len + 1`` tokens and
+    padded with ``PAD``: every document starts at position 0 and attends only to itself.
+
+    Why: with packing, a document late in a row starts with attention spread over every
+    earlier document; measured on this machine, a tiny model learned to copy a digit from
+    11 tokens back in ~60 steps alone but needed several times longer with 8 documents per
+    row — and the demo's base model must learn such lookups within 20 CPU minutes.
+    """
+
+    def next_rows(self, n: int) -> torch.Tensor:
+        rows = []
+        for _ in range(n):
+            ids = self.encode_doc(self.docs[self.next_doc])[: self.row_len]
+            self.next_doc += 1
+            rows.append(ids + [PAD] * (self.row_len - len(ids)))
+        return torch.tensor(rows, dtype=torch.long)
+
+
+def split_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) of rows from ``PackedDocuments``/``PaddedDocuments``: padding is
+    input 0 and target ``IGNORE_INDEX``; padding only ever follows a document's EOS, so
+    causal attention never lets a real token see it."""
+    inputs = rows[:, :-1].clamp(min=0)
+    targets = rows[:, 1:].masked_fill(rows[:, 1:] == PAD, IGNORE_INDEX)
+    return inputs, targets
+
+
+def pad_fixed(docs, tokenizer, seq_len: int, rows: int) -> torch.Tensor | None:
+    """The first ``rows`` documents, one per padded row (the held-out batch of ``pack: false``)."""
+    padder = PaddedDocuments(list(itertools.islice(iter(docs), rows)), tokenizer, seq_len)
+    n = len(padder.docs)
+    return padder.next_rows(n) if n else None
 
 
 def pack_fixed(docs: Iterator[str] | Sequence[str], tokenizer, seq_len: int, rows: int) -> torch.Tensor | None:
@@ -425,6 +469,7 @@ def pack_conversations_fixed(conversations: Sequence[Conversation], seq_len: int
 
 __all__ = [
     "ArithmeticDocuments", "Conversation", "DataError", "FileDocuments", "PackedConversations", "PackedDocuments",
+    "PaddedDocuments", "SyntheticDocuments", "pad_fixed", "split_rows",
     "chat_segments", "check_files", "completion_text", "encode_conversation", "in_heldout_bucket", "load_conversations",
     "pack_conversations_fixed", "pack_fixed", "parse_chat_record", "read_text_documents", "split_heldout",
 ]

@@ -36,8 +36,8 @@ import torch
 from ..engine.sampler import sequence_seed
 from ..files import jsonable
 from .config import BaseTrainConfig, _choice, _is_int, _is_num, _positive_int, check
-from .grpo_loss import (ADVANTAGE_MODES, LOSS_AGGREGATIONS, group_advantages, grpo_loss, masked_entropy,
-                        token_logprobs, zero_variance_groups)
+from .grpo_loss import (ADVANTAGE_MODES, LOSS_AGGREGATIONS, group_advantages, grpo_loss, loss_normaliser,
+                        masked_entropy, token_logprobs, zero_variance_groups)
 from .loop import Trainer, load_start
 
 
@@ -259,7 +259,7 @@ class GRPOAlgorithm:
         t1 = time.perf_counter()
         for _ in range(cfg.inner_epochs):
             for mb in mbs:
-                denom = _denominator(cfg, [len(ro.completion_ids[i]) for i in mb])
+                denom = loss_normaliser(cfg.loss_agg, [len(ro.completion_ids[i]) for i in mb], cfg.max_new_tokens)
                 for j in range(0, len(mb), cfg.micro_batch_size):
                     rows = mb[j:j + cfg.micro_batch_size]
                     loss, st, ent = self._micro_loss(trainer, ro, adv, rows, denom, want_entropy=entropy is None)
@@ -349,15 +349,6 @@ class GRPOAlgorithm:
         self.stream.load_state_dict(state["data"])
         if self.ref is not None and "ref" in state:
             self.ref.load_state_dict(state["ref"])
-
-
-def _denominator(cfg: GRPOConfig, lengths: list[int]) -> float:
-    """The loss normaliser of one mini-batch, shared by its micro-batches (grpo_loss.py)."""
-    if cfg.loss_agg == "seq_mean":
-        return float(len(lengths))
-    if cfg.loss_agg == "token_mean":
-        return float(max(1, sum(lengths)))
-    return float(len(lengths) * cfg.max_new_tokens)
 
 
 def _groups(ro: Rollout, G: int) -> int:

@@ -73,6 +73,7 @@ __all__ = [
     "group_advantages",
     "zero_variance_groups",
     "grpo_loss",
+    "loss_normaliser",
     "masked_entropy",
     "token_logprobs",
 ]
@@ -137,6 +138,21 @@ def group_advantages(rewards: Tensor, group_size: int, mode: str = "group_std", 
         adv = centred / (std + eps)
     adv = torch.where(flat_zero, torch.zeros_like(adv), adv)  # exactly 0, whatever eps / std
     return adv.reshape(-1)
+
+
+def loss_normaliser(loss_agg: str, lengths, max_tokens: int | None = None) -> float:
+    """The aggregation normaliser of a batch of completions with these ``lengths`` (the
+    default of ``grpo_loss``; pass it as ``denominator`` to every micro-batch of a
+    mini-batch so their losses sum to the whole mini-batch's): sequences for ``seq_mean``,
+    tokens for ``token_mean``, sequences × ``max_tokens`` for ``constant``."""
+    lengths = [float(x) for x in lengths]
+    if loss_agg == "seq_mean":
+        return float(len(lengths))
+    if loss_agg == "token_mean":
+        return max(1.0, sum(lengths))
+    if loss_agg == "constant":
+        return float(len(lengths) * max_tokens)
+    raise ValueError(f"unknown loss_agg {loss_agg!r}; choose one of {', '.join(LOSS_AGGREGATIONS)}")
 
 
 def grpo_loss(
@@ -230,15 +246,14 @@ def grpo_loss(
 
     lengths = mf.sum(dim=1)  # (B,)
     n_tokens = mf.sum()
+    if denominator is None:
+        denominator = loss_normaliser(loss_agg, lengths.tolist(), max_tokens)
 
     def aggregate(x: Tensor) -> Tensor:
         x = torch.where(m, x, zero)
         if loss_agg == "seq_mean":
-            per_seq = x.sum(dim=1) / lengths.clamp(min=1.0)
-            return per_seq.sum() / (denominator if denominator is not None else B)
-        if loss_agg == "token_mean":
-            return x.sum() / (denominator if denominator is not None else n_tokens.clamp(min=1.0))
-        return x.sum() / (denominator if denominator is not None else B * max_tokens)
+            x = x / lengths.clamp(min=1.0)[:, None]
+        return x.sum() / denominator
 
     loss = -aggregate(objective)
 

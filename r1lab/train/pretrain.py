@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from .config import PretrainConfig, TrainError
-from .data import (ArithmeticDocuments, FileDocuments, PackedDocuments, in_heldout_bucket, pack_fixed,
-                   read_text_documents)
+from .data import (PAD, FileDocuments, PackedDocuments, PaddedDocuments, SyntheticDocuments, in_heldout_bucket,
+                   pack_fixed, pad_fixed, read_text_documents, split_rows)
 from .loop import Trainer, check_seq_len, load_start
 
 SAMPLE_KV_CACHE_BYTES = 16 * 2**20   # KV cache of the small engine that writes samples.jsonl
@@ -63,10 +63,12 @@ def heldout_losses(trainer: Trainer, ids: torch.Tensor, batch_size: int,
     ce_sum = mtp_sum = 0.0
     n_tok = n_mtp = 0
     for i in range(0, ids.shape[0], batch_size):
-        x = trainer.to_device(ids[i:i + batch_size])
-        y = x[:, 1:] if labels is None else trainer.to_device(labels[i:i + batch_size, 1:])
+        inputs, y = split_rows(ids[i:i + batch_size])
+        if labels is not None:
+            y = labels[i:i + batch_size, 1:]
+        inputs, y = trainer.to_device(inputs), trainer.to_device(y)
         with trainer.autocast():
-            out = trainer.model(x[:, :-1], targets=y)
+            out = trainer.model(inputs, targets=y)
         n = int((y != -100).sum())
         if n:
             ce_sum += float(out.loss) * n
@@ -110,10 +112,13 @@ class PretrainAlgorithm:
         cfg = self.cfg
         accum = cfg.optim.grad_accum
         sums = torch.zeros(3)
+        n_tokens = 0
         for _ in range(accum):
-            rows = trainer.to_device(self.stream.next_rows(cfg.batch_size))
+            rows = self.stream.next_rows(cfg.batch_size)
+            n_tokens += int((rows[:, 1:] != PAD).sum())
+            inputs, targets = (trainer.to_device(t) for t in split_rows(rows))
             with trainer.autocast():
-                out = trainer.model(rows[:, :-1], targets=rows[:, 1:])
+                out = trainer.model(inputs, targets=targets)
             loss = lm_objective(out, cfg.mtp_lambda, self.balance_alpha, 1.0 / accum, 1.0 / accum)
             trainer.backward(loss, scale=1.0)
             parts = [out.loss, out.mtp_loss, out.balance_loss]
@@ -124,7 +129,7 @@ class PretrainAlgorithm:
         if out.balance_loss is not None:
             metrics["balance_loss"] = float(sums[2])
         metrics.update(trainer.optimizer_step())
-        metrics["tokens"] = accum * cfg.batch_size * cfg.seq_len
+        metrics["tokens"] = n_tokens
         return metrics
 
     def evaluate(self, trainer: Trainer) -> dict[str, float]:
@@ -155,8 +160,8 @@ def build_algorithm(cfg: PretrainConfig, model, tokenizer) -> PretrainAlgorithm:
     d = cfg.data
     check_seq_len(model.config, cfg.seq_len)
     n_samples = cfg.log.samples if cfg.log.sample_every else 0
-    if d.source == "arithmetic":
-        docs = ArithmeticDocuments(d.options, d.worked_fraction, d.style, cfg.seed)
+    if d.source != "files":
+        docs = SyntheticDocuments(d.options, d.worked_fraction, d.style, cfg.seed, source=d.source)
         heldout_docs = docs.heldout()
         prompts: list[tuple[str, str | None]] = docs.sample_prompts(n_samples) if n_samples else []
     else:
@@ -174,10 +179,11 @@ def build_algorithm(cfg: PretrainConfig, model, tokenizer) -> PretrainAlgorithm:
         prompts = [(tokenizer.decode(tokenizer.encode(t)[:16]), None) for t in source[:n_samples]]
     heldout = None
     if cfg.eval.every and cfg.eval.heldout_rows:
-        heldout = pack_fixed(heldout_docs, tokenizer, cfg.seq_len, cfg.eval.heldout_rows)
+        fixed = pack_fixed if d.pack else pad_fixed
+        heldout = fixed(heldout_docs, tokenizer, cfg.seq_len, cfg.eval.heldout_rows)
         if heldout is None:
             print("r1lab: note: too few held-out documents for one row; no held-out loss", flush=True)
-    stream = PackedDocuments(docs, tokenizer, cfg.seq_len)
+    stream = (PackedDocuments if d.pack else PaddedDocuments)(docs, tokenizer, cfg.seq_len)
     try:
         docs[0]           # the first documents are produced now: data errors surface before training
     except IndexError:

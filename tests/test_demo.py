@@ -1,0 +1,64 @@
+"""`r1lab demo --r1-zero BASE` (R1-Zero on a base checkpoint): the plumbing end to end on a
+few steps, the response-shape breakdown on known samples, and its errors."""
+
+import json
+
+import pytest
+
+from r1lab.checkpoint import save_model
+from r1lab.config import preset
+from r1lab.demo_r1zero import DEMO_RECIPE, DemoError, breakdown, run_demo
+from r1lab.model import build_model
+from r1lab.tokenizer import SHIPPED_TOKENIZER_DIR
+
+TINY = {"hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 96, "moe_intermediate_size": 32,
+        "q_lora_rank": 32, "kv_lora_rank": 16}
+
+
+def _sample(question, completion, correct, tokens):
+    return {"question": question, "completion": completion, "correct": correct, "num_tokens": tokens}
+
+
+def test_breakdown_separates_direct_and_reasoning_answers():
+    rows = [
+        _sample("1+2", "<think> </think> <answer> 3 </answer>", True, 10),
+        _sample("1+2+3", "<think> </think> <answer> 7 </answer>", False, 10),
+        _sample("1+2+3", "<think> 1+2=3 3+3=6 </think> <answer> 6 </answer>", True, 30),
+        _sample("1+2+3+4", "<think> 1+2=3 3+3=6 6+4=9 </think> <answer> 9 </answer>", False, 40),
+    ]
+    b = breakdown(rows)
+    assert b["direct"] == {"share": 0.5, "accuracy": 0.5, "mean_tokens": 10}
+    assert b["reasoning"] == {"share": 0.5, "accuracy": 0.5, "mean_tokens": 35}
+    assert b["by_terms"]["3"] == {"pass@1": 0.5, "mean_response_tokens": 20, "reasoning_share": 0.5}
+    assert b["by_terms"]["2"]["pass@1"] == 1.0 and b["by_terms"]["4"]["reasoning_share"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    path = tmp_path_factory.mktemp("base") / "ckpt"
+    save_model(build_model(preset("tiny").replace(**TINY), seed=0), path, tokenizer=SHIPPED_TOKENIZER_DIR)
+    return path
+
+
+def test_demo_end_to_end_in_a_few_steps(tmp_path, capsys, base):
+    out = tmp_path / "demo"
+    assert run_demo(base, out_dir=out, steps=2, questions=4, k=2, threads=2) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    for side in ("before", "after"):
+        for key in ("pass@1", "mean_response_tokens", "format_rate"):
+            assert isinstance(summary[side][key], float)
+        assert 0 <= summary[side]["pass@1"] <= 1
+    assert summary["rl_steps"] == 2 and summary["base_model"] == str(base)
+    assert (out / "length_hist.png").stat().st_size > 1000
+    assert (out / "grpo" / "final" / "config.json").is_file()
+    assert any((out / "grpo" / "plots").glob("*.png"))
+    printed = capsys.readouterr().out
+    assert "pass@1" in printed and "accuracy, direct (short) answers" in printed and "before:" in printed
+
+
+def test_demo_errors_are_clear(tmp_path, base):
+    with pytest.raises(DemoError, match="not found"):
+        run_demo(base, out_dir=tmp_path, recipe=tmp_path / "nope.yaml")
+    with pytest.raises(DemoError, match="pretrain"):
+        run_demo(tmp_path / "no-such-base", out_dir=tmp_path)
+    assert DEMO_RECIPE.is_file()
