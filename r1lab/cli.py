@@ -108,12 +108,18 @@ def _positive_int_arg(text: str) -> int:
     return value
 
 
+R1_ZERO_DEMO_FLAGS = ("recipe", "steps", "questions", "k", "threads")
+
+
 def cmd_demo(args) -> int:
     if args.r1_zero is not None:
-        from .demo_r1zero import run_demo as run_r1_zero
+        from .demo_r1zero import EVAL_K, EVAL_QUESTIONS, run_demo as run_r1_zero
 
         return run_r1_zero(base=args.r1_zero, out_dir=Path(args.out), recipe=args.recipe, steps=args.steps,
-                           questions=args.questions, k=args.k, threads=args.threads)
+                           questions=args.questions or EVAL_QUESTIONS, k=args.k or EVAL_K, threads=args.threads)
+    given = [f"--{f}" for f in R1_ZERO_DEMO_FLAGS if getattr(args, f) is not None]
+    if given:
+        raise CLIError(f"{', '.join(given)} only apply with --r1-zero BASE")
     from .demo import run_demo
 
     return run_demo(seconds=args.seconds, out_dir=Path(args.out), seed=args.seed)
@@ -318,12 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="runs/demo", help="output directory for metrics, plots, checkpoint")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--r1-zero", metavar="BASE", help="run the R1-Zero demo on this base checkpoint directory "
-                                                     "(e.g. runs/base_tiny/final from recipes/base_tiny.yaml)")
+                                                     "(e.g. runs/base_tiny/final from recipes/base_tiny.yaml); "
+                                                     "replaces OUT/grpo/ of an earlier run")
     s.add_argument("--recipe", help="--r1-zero: GRPO recipe (default recipes/r1_zero_tiny.yaml of the checkout)")
     s.add_argument("--steps", type=_positive_int_arg, help="--r1-zero: GRPO steps (default: the recipe's)")
-    s.add_argument("--questions", type=_positive_int_arg, default=128,
-                   help="--r1-zero: held-out questions (default 128)")
-    s.add_argument("--k", type=_positive_int_arg, default=4, help="--r1-zero: samples per question (default 4)")
+    s.add_argument("--questions", type=_positive_int_arg, help="--r1-zero: held-out questions (default 128)")
+    s.add_argument("--k", type=_positive_int_arg, help="--r1-zero: samples per question (default 4)")
     s.add_argument("--threads", type=_positive_int_arg, help="--r1-zero: CPU threads (default: the recipe's)")
     s.set_defaults(func=cmd_demo)
 

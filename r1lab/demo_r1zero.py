@@ -43,7 +43,7 @@ class DemoError(ValueError):
     """A demo problem a user can fix (one line)."""
 
 
-def _evaluate(label: str, model, tokenizer, cfg, out: Path, questions: int, k: int) -> tuple[dict, list[dict]]:
+def _evaluate(model, tokenizer, cfg, out: Path, questions: int, k: int) -> tuple[dict, list[dict]]:
     from .eval import evaluate
 
     summary = evaluate(cfg.eval.task, model=model, tokenizer=tokenizer, task_options=cfg.eval.options or None,
@@ -72,14 +72,16 @@ def _rate(rows: list[dict]) -> float | None:
 
 def breakdown(samples: list[dict]) -> dict:
     """Accuracy and length of direct vs reasoning responses and per chain length."""
-    direct = [s for s in samples if not _has_reasoning(s["completion"])]
-    worked = [s for s in samples if _has_reasoning(s["completion"])]
+    reasoned = [_has_reasoning(s["completion"]) for s in samples]
+    direct = [s for s, r in zip(samples, reasoned) if not r]
+    worked = [s for s, r in zip(samples, reasoned) if r]
     by_terms: dict[str, dict] = {}
     for n in sorted({_terms(s["question"]) for s in samples}):
-        rows = [s for s in samples if _terms(s["question"]) == n]
+        idx = [i for i, s in enumerate(samples) if _terms(s["question"]) == n]
+        rows = [samples[i] for i in idx]
         by_terms[str(n)] = {"pass@1": _rate(rows),
                             "mean_response_tokens": statistics.mean(r["num_tokens"] for r in rows),
-                            "reasoning_share": sum(_has_reasoning(r["completion"]) for r in rows) / len(rows)}
+                            "reasoning_share": sum(reasoned[i] for i in idx) / len(idx)}
     return {
         "direct": {"share": len(direct) / len(samples), "accuracy": _rate(direct),
                    "mean_tokens": statistics.mean(s["num_tokens"] for s in direct) if direct else None},
@@ -184,12 +186,12 @@ def run_demo(base: str | Path, out_dir: Path = Path("runs/demo"), recipe: Path |
         overrides.append(f"threads={threads}")
     cfg = load_recipe(recipe, GRPOConfig, overrides)
     torch.set_num_threads(cfg.threads or max(1, os.cpu_count() or 1))
+    base, tokenizer = load_start(cfg.model, cfg.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     if (out_dir / "grpo").exists():       # a fresh run each time (the demo is not resumable)
         import shutil
         shutil.rmtree(out_dir / "grpo")
 
-    base, tokenizer = load_start(cfg.model, cfg.seed)
     n_params = sum(p.numel() for p in base.parameters())
     c = base.config
     print(f"== r1lab demo: R1-Zero on a CPU ==\nbase model: {cfg.model.init} ({n_params / 1e6:.2f}M parameters; "
@@ -199,7 +201,7 @@ def run_demo(base: str | Path, out_dir: Path = Path("runs/demo"), recipe: Path |
           f"rewards {cfg.rewards} (no length term)\n")
 
     print("-- 1/3 evaluating the base model on held-out questions")
-    s0, before_samples = _evaluate("before", base, tokenizer, cfg, out_dir / "eval_before", questions, k)
+    s0, before_samples = _evaluate(base, tokenizer, cfg, out_dir / "eval_before", questions, k)
     del base
 
     print(f"\n-- 2/3 R1-Zero GRPO: {cfg.steps} steps × {cfg.prompts_per_step} prompts × G {cfg.group_size}, "
@@ -208,11 +210,11 @@ def run_demo(base: str | Path, out_dir: Path = Path("runs/demo"), recipe: Path |
     result = grpo(cfg)
     rl_seconds = time.time() - t_rl
     if result["final"] is None:
-        raise DemoError("GRPO stopped before its last step (interrupted); run make demo again")
+        raise DemoError("GRPO stopped before its last step (interrupted); run the demo again")
 
     print("\n-- 3/3 evaluating the trained policy on the same held-out questions")
     trained = load_model(result["final"])
-    s1, after_samples = _evaluate("after", trained, tokenizer, cfg, out_dir / "eval_after", questions, k)
+    s1, after_samples = _evaluate(trained, tokenizer, cfg, out_dir / "eval_after", questions, k)
 
     before, after = _figures(s0, before_samples), _figures(s1, after_samples)
     print_table(before, after, k, s0["examples"])

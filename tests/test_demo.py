@@ -62,3 +62,11 @@ def test_demo_errors_are_clear(tmp_path, base):
     with pytest.raises(DemoError, match="pretrain"):
         run_demo(tmp_path / "no-such-base", out_dir=tmp_path)
     assert DEMO_RECIPE.is_file()
+
+
+def test_r1_zero_flags_without_r1_zero_are_an_error(capsys):
+    from r1lab.cli import main
+
+    assert main(["demo", "--steps", "3", "--k", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--steps, --k only apply with --r1-zero BASE" in err and "\n" == err[-1] and err.count("\n") == 1

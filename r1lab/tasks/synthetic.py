@@ -447,6 +447,15 @@ CHAIN_TERMS = (2, 7)
 CHAIN_DIGITS = (2, 2)
 
 
+def _running_values(terms: Sequence[int], mod: int | None) -> list[int]:
+    """The value after each term: the running sum, modulo ``mod`` when given."""
+    values, acc = [], 0
+    for t in terms:
+        acc = (acc + t) % mod if mod else acc + t
+        values.append(acc)
+    return values
+
+
 def chain_solution(terms: Sequence[int], mod: int | None = None) -> str:
     """The running sums of ``terms``: ``37+85=122 122+12=134 134+64=198``.
 
@@ -455,11 +464,8 @@ def chain_solution(terms: Sequence[int], mod: int | None = None) -> str:
     (terms − 1) grows with the difficulty. With ``mod`` each step writes the true sum and
     the next step starts from it modulo ``mod`` (``3+7=10 0+2=2 2+9=11 1+4=5`` for mod 10).
     """
-    steps, acc = [], terms[0]
-    for t in terms[1:]:
-        steps.append(f"{acc}+{t}={acc + t}")
-        acc = (acc + t) % mod if mod else acc + t
-    return " ".join(steps)
+    values = _running_values(terms, mod)
+    return " ".join(f"{acc}+{t}={acc + t}" for acc, t in zip(values, terms[1:]))
 
 
 def chain_rewrites(terms: Sequence[int], mod: int | None = None) -> str:
@@ -488,11 +494,8 @@ def chain_prefix(terms: Sequence[int], mod: int | None = None) -> str:
     the same distances for every k — the value just before it and the term a fixed number
     of tokens back — and nothing has to be counted.
     """
-    values, acc = [], 0
-    for t in terms:
-        acc = (acc + t) % mod if mod else acc + t
-        values.append(str(acc))
-    return " ".join(values) + f" so the answer is {acc}"
+    values = _running_values(terms, mod)
+    return " ".join(map(str, values)) + f" so the answer is {values[-1]}"
 
 
 def chain_pairs(terms: Sequence[int], mod: int | None = 10) -> str:
@@ -504,11 +507,7 @@ def chain_pairs(terms: Sequence[int], mod: int | None = 10) -> str:
     first digit is a copy from a fixed distance back and the second one of 100 sums of the
     two digits just before it — nothing to count, nothing far to combine.
     """
-    pairs, acc = [], 0
-    for t in terms:
-        acc = (acc + t) % mod if mod else acc + t
-        pairs.append(f"{t}{acc % 10}")
-    return " ".join(pairs)
+    return " ".join(f"{t}{v % 10}" for t, v in zip(terms, _running_values(terms, mod)))
 
 
 CHAIN_SOLUTIONS = {"running": chain_solution, "rewrite": chain_rewrites, "prefix": chain_prefix,
@@ -563,8 +562,7 @@ class ChainAddTask(_IntegerAnswerTask):
             raise TaskError("wording 'last_digit' needs mod 10")
         self.wording = wording
         self.options = dict(terms=self.terms, digits=self.digits, mod=mod, solution=solution, wording=wording,
-                            seed=seed, size=size,
-                            test_size=test_size, test_fraction=self.test_fraction)
+                            seed=seed, size=size, test_size=test_size, test_fraction=self.test_fraction)
 
     def _candidate(self, rng: random.Random):
         terms = [_operand(rng, self.digits) for _ in range(rng.randint(*self.terms))]
