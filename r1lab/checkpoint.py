@@ -37,6 +37,23 @@ WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+# Checkpoints that ship inside the package (r1lab/assets/models/NAME/, bf16 weights), each
+# pre-trained by our own committed recipe; a name works wherever a checkpoint directory does.
+SHIPPED_DIR = Path(__file__).resolve().parent / "assets" / "models"
+SHIPPED_MODELS = {
+    "r1zero-base": "the R1-Zero demo's base model: r1lab pretrain recipes/base_tiny.yaml",
+}
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint directory: ``path`` itself, or the shipped model of that name
+    (``SHIPPED_MODELS``) when no such local path exists."""
+    p = Path(path)
+    if not p.exists() and str(path) in SHIPPED_MODELS:
+        return SHIPPED_DIR / str(path)
+    return p
+
+
 _OWN_FILES = re.compile(r"^(config\.json|model\.safetensors(\.index\.json)?|model-\d{5}-of-\d{5}\.safetensors)$")
 
 
@@ -243,7 +260,7 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_config(path: str | os.PathLike) -> ModelConfig:
-    path = Path(path)
+    path = resolve_checkpoint(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint directory {path} does not exist")
     if not path.is_dir():
@@ -258,9 +275,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
     """Build the model described by ``path/config.json`` and load its weights.
 
     Missing MTP weights (transformers does not save them) are initialised randomly with a
-    warning; any other missing, unexpected or mis-shaped tensor is an error.
+    warning; any other missing, unexpected or mis-shaped tensor is an error. ``path`` may
+    name a shipped model (``SHIPPED_MODELS``).
     """
-    path = Path(path)
+    path = resolve_checkpoint(path)
     cfg = load_config(path)
     tensors = from_hf_state_dict(read_tensors(path), cfg)
     model = build_model(cfg, device="meta")

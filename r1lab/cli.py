@@ -21,13 +21,13 @@ class CLIError(Exception):
 
 
 def _resolve_config(spec: str):
-    """PRESET name, path to a config.json, or a checkpoint directory -> ModelConfig."""
-    from .checkpoint import load_config
+    """PRESET name, shipped model, path to a config.json, or a checkpoint directory -> ModelConfig."""
+    from .checkpoint import load_config, resolve_checkpoint
     from .config import ModelConfig, preset
 
     if spec in PRESETS:
         return preset(spec)
-    p = Path(spec)
+    p = resolve_checkpoint(spec)
     if p.is_dir():
         return load_config(p)
     if p.is_file():
@@ -108,21 +108,36 @@ def _positive_int_arg(text: str) -> int:
     return value
 
 
-R1_ZERO_DEMO_FLAGS = ("recipe", "steps", "questions", "k", "threads")
+def _nonneg_int_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    return value
+
+
+R1_ZERO_DEMO_FLAGS = ("base", "recipe", "steps", "questions", "k", "threads")
 
 
 def cmd_demo(args) -> int:
-    if args.r1_zero is not None:
-        from .demo_r1zero import EVAL_K, EVAL_QUESTIONS, run_demo as run_r1_zero
+    if args.foundation:
+        given = [f"--{f}" for f in R1_ZERO_DEMO_FLAGS if getattr(args, f) is not None]
+        if given:
+            raise CLIError(f"{', '.join(given)} apply to the R1-Zero demo, not to --foundation")
+        from .demo import run_demo
 
-        return run_r1_zero(base=args.r1_zero, out_dir=Path(args.out), recipe=args.recipe, steps=args.steps,
-                           questions=args.questions or EVAL_QUESTIONS, k=args.k or EVAL_K, threads=args.threads)
-    given = [f"--{f}" for f in R1_ZERO_DEMO_FLAGS if getattr(args, f) is not None]
-    if given:
-        raise CLIError(f"{', '.join(given)} only apply with --r1-zero BASE")
-    from .demo import run_demo
+        return run_demo(seconds=60.0 if args.seconds is None else args.seconds, out_dir=Path(args.out),
+                        seed=args.seed or 0)
+    if args.seconds is not None:
+        raise CLIError("--seconds applies to --foundation only (the R1-Zero demo runs the recipe's steps; "
+                       "use --steps)")
+    from .demo_r1zero import DEFAULT_BASE, EVAL_K, EVAL_QUESTIONS, run_demo as run_r1_zero
 
-    return run_demo(seconds=args.seconds, out_dir=Path(args.out), seed=args.seed)
+    return run_r1_zero(base=args.base or DEFAULT_BASE, out_dir=Path(args.out), recipe=args.recipe,
+                       steps=args.steps, questions=args.questions or EVAL_QUESTIONS, k=args.k or EVAL_K,
+                       threads=args.threads, seed=args.seed)
 
 
 def cmd_tokenizer_train(args) -> int:
@@ -314,23 +329,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="write into a non-empty directory / allow huge presets")
     s.set_defaults(func=cmd_init)
 
-    s = sub.add_parser("demo", help="the main demo: model accounting and a short CPU pre-training run",
-                       description="Shows r1lab info for the presets, then pre-trains the tiny MoE model on "
-                                   "synthetic arithmetic for about a minute and prints a before/after table. "
-                                   "With --r1-zero BASE: evaluates the base checkpoint on held-out questions, runs "
-                                   "R1-Zero GRPO on it (recipes/r1_zero_tiny.yaml: rule rewards, no length term), "
-                                   "evaluates again and prints a before/after table (runs/demo/summary.json, plots).")
-    s.add_argument("--seconds", type=float, default=60.0, help="training time budget (default 60)")
-    s.add_argument("--out", default="runs/demo", help="output directory for metrics, plots, checkpoint")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--r1-zero", metavar="BASE", help="run the R1-Zero demo on this base checkpoint directory "
-                                                     "(e.g. runs/base_tiny/final from recipes/base_tiny.yaml); "
-                                                     "replaces OUT/grpo/ of an earlier run")
-    s.add_argument("--recipe", help="--r1-zero: GRPO recipe (default recipes/r1_zero_tiny.yaml of the checkout)")
-    s.add_argument("--steps", type=_positive_int_arg, help="--r1-zero: GRPO steps (default: the recipe's)")
-    s.add_argument("--questions", type=_positive_int_arg, help="--r1-zero: held-out questions (default 128)")
-    s.add_argument("--k", type=_positive_int_arg, help="--r1-zero: samples per question (default 4)")
-    s.add_argument("--threads", type=_positive_int_arg, help="--r1-zero: CPU threads (default: the recipe's)")
+    s = sub.add_parser("demo", help="the main demo: R1-Zero GRPO on the shipped tiny base model (CPU, minutes)",
+                       description="R1-Zero on a CPU: evaluates the shipped base model (r1zero-base, a tiny MoE of "
+                                   "the DeepSeek-V3 architecture pre-trained by recipes/base_tiny.yaml) on held-out "
+                                   "questions, runs GRPO on it with rule rewards only (recipes/r1_zero_tiny.yaml; no "
+                                   "length term), evaluates again and prints a before/after table; writes "
+                                   "OUT/summary.json, OUT/length_hist.png and the trainer's plots under OUT/grpo/ "
+                                   "(replaced on every run). --foundation: the first demo instead (model accounting "
+                                   "and a one-minute pre-training run).")
+    s.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    s.add_argument("--seed", type=_nonneg_int_arg, help="random seed (default: the recipe's; 0 with --foundation)")
+    s.add_argument("--base", help="base checkpoint directory or shipped model name (default r1zero-base)")
+    s.add_argument("--recipe", help="GRPO recipe (default recipes/r1_zero_tiny.yaml of the checkout)")
+    s.add_argument("--steps", type=_positive_int_arg, help="GRPO steps (default: the recipe's)")
+    s.add_argument("--questions", type=_positive_int_arg, help="held-out questions (default 128)")
+    s.add_argument("--k", type=_positive_int_arg, help="samples per question (default 4)")
+    s.add_argument("--threads", type=_positive_int_arg, help="CPU threads (default: the recipe's)")
+    s.add_argument("--foundation", action="store_true",
+                   help="run the foundation demo (accounting + short pre-training) instead")
+    s.add_argument("--seconds", type=float, help="--foundation: training time budget (default 60)")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer with the R1 special tokens",

@@ -1,10 +1,8 @@
-"""`r1lab demo --r1-zero BASE`: R1-Zero on a CPU (SPEC §4, §4b; the training issue, item 6).
+"""`r1lab demo` (= `make demo`): R1-Zero on a CPU (SPEC §4, §4b; the training issue, item 6).
 
-Meant to become `make demo` once a base model that meets the training issue's item 5
-ships in the package (not yet: see recipes/base_tiny.yaml for what was measured).
-
-1. **Before.** A base checkpoint (e.g. ``runs/base_tiny/final`` from
-   ``recipes/base_tiny.yaml``: a tiny MoE of the DeepSeek-V3 architecture) is evaluated on
+1. **Before.** The base model — by default the shipped ``r1zero-base``, pre-trained by
+   ``r1lab pretrain recipes/base_tiny.yaml`` (a tiny MoE of the DeepSeek-V3 architecture;
+   any checkpoint directory with ``--base``) — is evaluated on
    held-out questions of the recipe's ``eval.task`` (the task's *test* split: questions hash-disjoint from every
    training question) with the paper's protocol: k samples per question at T 0.6,
    top-p 0.95, pass@1 averaged over them (SPEC §7).
@@ -25,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from pathlib import Path
 from .files import atomic_write_text
 
 DEMO_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "r1_zero_tiny.yaml"
+DEFAULT_BASE = "r1zero-base"   # shipped in r1lab/assets/models/ (checkpoint.SHIPPED_MODELS)
 EVAL_QUESTIONS = 128       # held-out questions, before and after
 EVAL_K = 4                 # samples per question (pass@1 = mean over them)
 EVAL_TEMPERATURE = 0.6     # SPEC §7 protocol
@@ -63,7 +63,9 @@ def _has_reasoning(completion: str) -> bool:
 
 
 def _terms(question: str) -> int:
-    return question.count("+") + 1
+    """Terms of a chain_add question: ``3+5+1`` or the digit string of ``digit sum of 351 mod 4``."""
+    m = re.search(r"digit sum of (\d+)", question)
+    return len(m.group(1)) if m else question.count("+") + 1
 
 
 def _rate(rows: list[dict]) -> float | None:
@@ -163,10 +165,10 @@ def length_histogram(before: list[dict], after: list[dict], path: Path) -> None:
 
 def run_demo(base: str | Path, out_dir: Path = Path("runs/demo"), recipe: Path | None = None,
              steps: int | None = None, questions: int = EVAL_QUESTIONS, k: int = EVAL_K,
-             threads: int | None = None) -> int:
+             threads: int | None = None, seed: int | None = None) -> int:
     import torch
 
-    from .checkpoint import load_model
+    from .checkpoint import load_model, resolve_checkpoint
     from .train.config import load_recipe
     from .train.grpo import GRPOConfig, grpo
     from .train.loop import load_start
@@ -176,10 +178,12 @@ def run_demo(base: str | Path, out_dir: Path = Path("runs/demo"), recipe: Path |
     if not recipe.is_file():
         raise DemoError(f"demo recipe {recipe} not found; run from a source checkout or pass --recipe PATH")
     out_dir = Path(out_dir)
-    if not Path(base).is_dir():
-        raise DemoError(f"base checkpoint {base} is not a directory; pre-train one first: "
-                        f"r1lab pretrain recipes/base_tiny.yaml (writes runs/base_tiny/final)")
+    if not resolve_checkpoint(base).is_dir():
+        raise DemoError(f"base checkpoint {base} is not a directory (nor a shipped model: {DEFAULT_BASE}); "
+                        f"pre-train one with r1lab pretrain recipes/base_tiny.yaml (writes runs/base_tiny/final)")
     overrides = [f"out_dir={out_dir / 'grpo'}", f"model.init={base}"]
+    if seed is not None:
+        overrides.append(f"seed={seed}")
     if steps is not None:
         overrides.append(f"steps={steps}")
     if threads is not None:

@@ -116,10 +116,11 @@ def load_model_and_tokenizer(model_dir: str, tokenizer_dir: str | None = None, d
                              dtype: str | None = None, error: type[Exception] = None):
     """(model, tokenizer) from a checkpoint directory; the tokenizer is the checkpoint's own
     unless ``tokenizer_dir`` is given. Problems raise ``error`` (default GenerateError)."""
-    from .checkpoint import load_model
+    from .checkpoint import load_model, resolve_checkpoint
     from .tokenizer import load_tokenizer
 
     error = error or GenerateError
+    model_dir = str(resolve_checkpoint(model_dir))
     tok_dir = tokenizer_dir or (model_dir if (Path(model_dir) / "tokenizer.json").is_file() else None)
     if tok_dir is None:
         raise error(f"{model_dir} has no tokenizer.json; pass --tokenizer DIR")

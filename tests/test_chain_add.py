@@ -115,6 +115,34 @@ def test_prefix_solutions_keep_inputs_at_fixed_token_distances():
         ChainAddTask(wording="shout")
 
 
+def test_digit_sum_wording_writes_the_running_values_as_a_digit_string():
+    """The demo's task: ``digit sum of 3102 mod 4`` → ``3312 so the answer is 2``; every
+    value is predicted from the value just before it (one token back) and its term a fixed
+    number of tokens back."""
+    assert chain_prefix([3, 1, 0, 2], mod=4, sep="") == "3002 so the answer is 2"
+    tok = load_tokenizer()
+    t = ChainAddTask(terms=10, digits=1, mod=4, solution="prefix", wording="digit_sum", size=300)
+    seen = set()
+    for ex in t.examples("train"):
+        chain = re.fullmatch(r"digit sum of ([0-3]{10}) mod 4", ex.question).group(1)
+        terms = [int(c) for c in chain]
+        seen |= set(terms)
+        values, _, last = ex.meta["solution"].partition(" so the answer is ")
+        assert values == "".join(str(sum(terms[:k + 1]) % 4) for k in range(10))
+        assert last == ex.gold == str(sum(terms) % 4)
+    assert seen == {0, 1, 2, 3}
+    assert t.score([format_completion(ex, True), format_completion(ex, False)], [ex, ex]) == [1.0, 1.0]
+    pieces = [tok.decode([i]) for i in tok.encode(document(ex, True, "plain"))]
+    think = pieces.index("<think>")
+    term_pos = [i for i in range(think) if pieces[i].isdigit()][:10]
+    value_pos = [i for i in range(think, len(pieces)) if pieces[i].isdigit()][:10]
+    assert value_pos == list(range(value_pos[0], value_pos[0] + 10))        # one token per value
+    assert len({v - p for p, v in zip(term_pos, value_pos)}) == 1
+    for bad in ({"mod": 12}, {"mod": None}, {"digits": 2}, {"solution": "running"}):
+        with pytest.raises(TaskError, match="digit_sum"):
+            ChainAddTask(**{"terms": 5, "digits": 1, "mod": 4, "solution": "prefix", "wording": "digit_sum", **bad})
+
+
 def test_pairs_solutions_keep_every_term_at_one_distance():
     assert chain_pairs([3, 5, 1, 8], mod=10) == "33 58 19 87"
     tok = load_tokenizer()
@@ -244,3 +272,77 @@ def test_pretrain_unpacked_runs_and_resumes_its_position(tmp_path):
     assert any("heldout_loss" in r for r in recs)
     with pytest.raises(TrainError, match="pack"):
         PretrainData(pack="no")
+
+
+CHAIN7 = {"terms": 7, "digits": 1, "mod": 10, "solution": "prefix", "wording": "last_digit"}
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_completion_only_rows_train_on_the_completion_and_eos(pack):
+    """loss_on: completion — every prompt token (and BOS) is input, never a target; the
+    completion is tokenized as a generator sees it after the prompt."""
+    from r1lab.tasks.synthetic import document_parts
+    from r1lab.train.data import PAD, PackedDocuments, PaddedDocuments, split_rows
+
+    tok = load_tokenizer()
+    docs = SyntheticDocuments(CHAIN7, 0.5, "plain", seed=3, source="chain_add", parts=True)
+    whole = SyntheticDocuments(CHAIN7, 0.5, "plain", seed=3, source="chain_add")
+    for i in range(4):
+        prompt, completion = docs[i]
+        assert prompt + completion == whole[i] and completion.startswith(" <think>")
+    task = get_task("chain_add", **CHAIN7)
+    for ex, style in zip(task.examples("train"), ("plain", "r1_zero", "chat", "plain")):
+        prompt, completion = document_parts(ex, True, style)
+        want = task.prompt(ex, style)
+        if style == "chat":
+            from r1lab.tokenizer import render_chat
+            want = render_chat(want, add_generation_prompt=True)
+        assert prompt == want                                # exactly what the generator is given
+    rows = (PackedDocuments if pack else PaddedDocuments)(docs, tok, 60).next_rows(4)
+    inputs, targets = split_rows(rows)
+    if not pack:
+        for i in range(4):
+            prompt, completion = docs[i]
+            p_ids = [tok.bos_token_id] + tok.encode(prompt)
+            c_ids = tok.encode(completion) + [tok.eos_token_id]
+            n = len(p_ids) + len(c_ids)
+            assert inputs[i, :n - 1].tolist() == (p_ids + c_ids)[:-1]          # the model reads the whole document
+            assert targets[i, :len(p_ids) - 1].eq(-100).all()                  # no loss on the prompt
+            assert targets[i, len(p_ids) - 1:n - 1].tolist() == c_ids           # loss on completion + EOS
+            assert targets[i, n - 1:].eq(-100).all() and rows[i, n:].eq(PAD).all()
+    else:   # packed: the first row's trained tokens are exactly the completions' (+ EOS), in order
+        trained = targets[0][targets[0] != -100].tolist()
+        want = []
+        for i in range(4):
+            want += tok.encode(docs[i][1]) + [tok.eos_token_id]
+        assert len(trained) > 15 and trained == want[:len(trained)]
+    assert int(inputs.min()) >= 0
+    # the same documents with loss on all tokens: only BOS / padding are untrained
+    all_rows = PaddedDocuments(whole, tok, 60).next_rows(2)
+    _, all_targets = split_rows(all_rows)
+    assert (all_targets != -100).sum() > (split_rows(PaddedDocuments(docs, tok, 60).next_rows(2))[1] != -100).sum()
+
+
+def test_worked_fraction_ramp_moves_from_start_to_end():
+    docs = SyntheticDocuments(CHAIN7, [0.9, 0.1], "plain", seed=0, source="chain_add", total_docs=20 * 1024)
+    assert docs.fraction_of_shard(0) == pytest.approx(0.9 - 0.8 * 0.5 / 20)
+    assert docs.fraction_of_shard(9) == pytest.approx(0.9 - 0.8 * 9.5 / 20)
+    assert docs.fraction_of_shard(19) == pytest.approx(0.1 + 0.8 * 0.5 / 20)
+    assert docs.fraction_of_shard(40) == pytest.approx(0.1)                    # after the run: the end value
+    worked = [sum(" so the answer is " in docs[s * 1024 + j] for j in range(1024)) / 1024 for s in (0, 19)]
+    assert worked[0] > 0.8 and worked[1] < 0.2
+    assert docs.worked_fraction == 0.1                                          # held-out documents: the end value
+    with pytest.raises(DataError, match="ramp"):
+        SyntheticDocuments(CHAIN7, [0.9, 0.1], "plain", seed=0, source="chain_add")
+
+
+def test_pretrain_data_config_checks_loss_on_and_worked_fraction():
+    assert PretrainData(source="chain_add", worked_fraction=[0.9, 0.1]).worked_fraction == [0.9, 0.1]
+    assert PretrainData(source="chain_add", loss_on="completion").loss_on == "completion"
+    for bad in ([0.9], [0.5, 1.5], "half", [0.1, 0.2, 0.3], True):
+        with pytest.raises(TrainError, match="worked_fraction"):
+            PretrainData(source="chain_add", worked_fraction=bad)
+    with pytest.raises(TrainError, match="loss_on"):
+        PretrainData(source="chain_add", loss_on="answer")
+    with pytest.raises(TrainError, match="loss_on.*synthetic"):
+        PretrainData(source="files", paths=["x.txt"], loss_on="completion")

@@ -1,5 +1,5 @@
-"""`r1lab demo --r1-zero BASE` (R1-Zero on a base checkpoint): the plumbing end to end on a
-few steps, the response-shape breakdown on known samples, and its errors."""
+"""`r1lab demo` (R1-Zero on a base checkpoint, by default the shipped one): the plumbing end
+to end on a few steps, the response-shape breakdown on known samples, and its errors."""
 
 import json
 
@@ -64,9 +64,48 @@ def test_demo_errors_are_clear(tmp_path, base):
     assert DEMO_RECIPE.is_file()
 
 
-def test_r1_zero_flags_without_r1_zero_are_an_error(capsys):
+def test_demo_flags_of_the_other_demo_are_an_error(capsys):
     from r1lab.cli import main
 
-    assert main(["demo", "--steps", "3", "--k", "2"]) == 2
+    assert main(["demo", "--foundation", "--steps", "3", "--k", "2"]) == 2
     err = capsys.readouterr().err
-    assert "--steps, --k only apply with --r1-zero BASE" in err and "\n" == err[-1] and err.count("\n") == 1
+    assert "--steps, --k apply to the R1-Zero demo, not to --foundation" in err
+    assert "\n" == err[-1] and err.count("\n") == 1
+    assert main(["demo", "--seconds", "5"]) == 2
+    assert "--seconds applies to --foundation only" in capsys.readouterr().err
+    assert main(["demo", "--seed", "-1"]) == 2
+    assert "non-negative" in capsys.readouterr().err
+
+
+def test_shipped_base_model_loads_by_name_and_knows_its_worked_form():
+    """The shipped r1zero-base (recipes/base_tiny.yaml, bf16 in the package) loads by name
+    wherever a checkpoint directory does, and — forced into a worked solution — computes the
+    running last digits; a direct answer is near chance (the task's design)."""
+    import torch
+
+    from r1lab.checkpoint import SHIPPED_DIR, load_model, resolve_checkpoint
+    from r1lab.tasks import get_task
+    from r1lab.tasks.synthetic import document_parts
+    from r1lab.tokenizer import load_tokenizer
+
+    path = resolve_checkpoint("r1zero-base")
+    assert path == SHIPPED_DIR / "r1zero-base"
+    assert sum(f.stat().st_size for f in path.iterdir()) < 20 * 2**20
+    model = load_model("r1zero-base").eval()
+    tok = load_tokenizer(path)
+    task = get_task("chain_add", terms=10, digits=1, mod=4, solution="prefix", wording="digit_sum")
+    right = {True: 0, False: 0}
+    examples = [ex for ex, _ in zip(task.examples("test"), range(40))]
+    for ex in examples:
+        for worked in (True, False):
+            prompt, completion = document_parts(ex, worked, "plain")
+            p = [tok.bos_token_id] + tok.encode(prompt)
+            ids = torch.tensor([p + tok.encode(completion)])
+            with torch.no_grad():
+                pred = model(ids[:, :-1]).logits[0, len(p) - 1:].argmax(-1)
+            good = pred == ids[0, len(p):]          # every token, teacher-forced ...
+            if worked:                              # ... but the choice to reason, which the base rarely makes
+                good[len(tok.encode(" <think> "))] = True
+            right[worked] += bool(good.all())
+    assert right[True] / len(examples) >= 0.8
+    assert right[False] / len(examples) <= 0.5          # chance is 0.25

@@ -209,12 +209,12 @@ class _SyntheticTask(Task):
         return document(example, worked, style)
 
     def pretrain_corpus(self, n: int | None, worked_fraction: float = 0.25, seed: int = 0,
-                        style: str = "r1_zero") -> Iterator[str]:
+                        style: str = "r1_zero", parts: bool = False) -> Iterator[str | tuple[str, str]]:
         """``n`` pre-training documents (endless when None) from fresh *train* questions.
 
         Each is worked with probability ``worked_fraction``, direct otherwise. The questions
         are this task's endless train stream under ``seed`` (repeats allowed), so no test
-        question ever appears.
+        question ever appears. ``parts``: each document as its (prompt, completion) pair.
         """
         if isinstance(worked_fraction, bool) or not isinstance(worked_fraction, (int, float)) \
                 or not 0 <= worked_fraction <= 1:
@@ -226,7 +226,8 @@ class _SyntheticTask(Task):
         for i, ex in enumerate(stream):
             if n is not None and i >= n:
                 return
-            yield document(ex, pick.random() < worked_fraction, style)
+            pair = document_parts(ex, pick.random() < worked_fraction, style)
+            yield pair if parts else "".join(pair)
 
 
 def _final_answer(example: Example) -> str:
@@ -249,18 +250,24 @@ def format_completion(example: Example, worked: bool, style: str = "r1_zero") ->
     return f"{think} <answer> {answer} </answer>"
 
 
-def document(example: Example, worked: bool, style: str = "r1_zero") -> str:
-    """Prompt and completion as one pre-training text.
+def document_parts(example: Example, worked: bool, style: str = "r1_zero") -> tuple[str, str]:
+    """(prompt, completion) of a pre-training text: the prompt exactly as a generator is
+    given it (``task.prompt``) and the rest — what a model writes after it.
 
-    ``r1_zero``: ``r1_zero_prompt(q) + " " + completion``; ``plain``: ``q + " " + completion``;
-    ``chat``: the rendered R1 chat prompt (it begins with the BOS text) + completion.
+    ``r1_zero``: ``r1_zero_prompt(q)`` and ``" " + completion``; ``plain``: ``q`` and
+    ``" " + completion``; ``chat``: the rendered R1 chat prompt (it begins with the BOS text
+    and ends with the generation prompt) and the completion.
     """
     completion = format_completion(example, worked, style)
     if style == "chat":
-        return render_chat([{"role": "user", "content": example.question}], add_generation_prompt=True) \
-            + completion
+        return render_chat([{"role": "user", "content": example.question}], add_generation_prompt=True), completion
     prompt = r1_zero_prompt(example.question) if style == "r1_zero" else example.question
-    return f"{prompt} {completion}"
+    return prompt, f" {completion}"
+
+
+def document(example: Example, worked: bool, style: str = "r1_zero") -> str:
+    """Prompt and completion as one pre-training text (``document_parts`` joined)."""
+    return "".join(document_parts(example, worked, style))
 
 
 # ------------------------------------------------------------------ arithmetic: worked solutions
@@ -485,17 +492,20 @@ def chain_rewrites(terms: Sequence[int], mod: int | None = None) -> str:
         line = [head % mod if mod else head] + line[2:]
 
 
-def chain_prefix(terms: Sequence[int], mod: int | None = None) -> str:
+def chain_prefix(terms: Sequence[int], mod: int | None = None, sep: str = " ") -> str:
     """The running values, one per term, and a conclusion: ``8 5 9 5 so the answer is 5``
-    for ``8+7+4+6 mod 10``.
+    for ``8+7+4+6 mod 10`` (``sep=""``: ``8595 so the answer is 5`` for the digit sum of 8746).
 
     Value k is (value k−1 + term k) mod ``mod``: written one digit and one space apart,
-    like the question's terms one digit and one ``+`` apart, so each value's inputs sit at
-    the same distances for every k — the value just before it and the term a fixed number
-    of tokens back — and nothing has to be counted.
+    like the question's terms one digit and one ``+`` apart (or both as digit strings), so
+    each value's inputs sit at the same distances for every k — the value just before it
+    and the term a fixed number of tokens back — and nothing has to be counted. Written
+    without a separator, the value before is the very token a step is predicted from: one
+    lookup per step instead of two (measured: the spaced form was not learned, see
+    recipes/base_tiny.yaml).
     """
     values = _running_values(terms, mod)
-    return " ".join(map(str, values)) + f" so the answer is {values[-1]}"
+    return sep.join(map(str, values)) + f" so the answer is {values[-1]}"
 
 
 def chain_pairs(terms: Sequence[int], mod: int | None = 10) -> str:
@@ -510,6 +520,7 @@ def chain_pairs(terms: Sequence[int], mod: int | None = 10) -> str:
     return " ".join(f"{t}{v % 10}" for t, v in zip(terms, _running_values(terms, mod)))
 
 
+CHAIN_WORDINGS = ("mod", "last_digit", "digit_sum")
 CHAIN_SOLUTIONS = {"running": chain_solution, "rewrite": chain_rewrites, "prefix": chain_prefix,
                    "pairs": chain_pairs}
 
@@ -534,7 +545,10 @@ class ChainAddTask(_IntegerAnswerTask):
     running last digit, ``chain_pairs``, for one-digit terms mod 10, with the question
     spaced ``3 + 5 + 1``), ``wording`` (``mod``: ``3+5+1 mod 10``; ``last_digit``:
     ``last digit of 3+5+1``, with mod 10 — the chain ends the prompt, so with ``prefix``
-    each value is a fixed, short distance after its term), ``seed``, ``size`` /
+    each value is a fixed, short distance after its term; ``digit_sum``: ``digit sum of
+    3102 mod 4``, for ``prefix``, one-digit terms and a ``mod`` m ≤ 10: the terms are
+    digits below m written as one digit string, and so are the running values:
+    ``3312 so the answer is 2``), ``seed``, ``size`` /
     ``test_size`` (None: endless), ``test_fraction``. ``gold`` is the answer as a string;
     ``meta``: ``solution``, ``difficulty`` (its steps: terms − 1), ``terms``.
     """
@@ -556,25 +570,37 @@ class ChainAddTask(_IntegerAnswerTask):
         if solution == "pairs" and (self.digits != (1, 1) or mod != 10):
             raise TaskError("solution 'pairs' needs digits 1 and mod 10 (a pair is a term and one digit)")
         self.solution = solution
-        if wording not in ("mod", "last_digit"):
-            raise TaskError(f"wording must be mod or last_digit, got {wording!r}")
+        if wording not in CHAIN_WORDINGS:
+            raise TaskError(f"wording must be one of {', '.join(CHAIN_WORDINGS)}, got {wording!r}")
         if wording == "last_digit" and mod != 10:
             raise TaskError("wording 'last_digit' needs mod 10")
+        if wording == "digit_sum" and (self.digits != (1, 1) or solution != "prefix" or mod is None or mod > 10):
+            raise TaskError("wording 'digit_sum' needs digits 1, solution 'prefix' and a mod of at most 10 "
+                            "(the chain is a string of digits below mod)")
         self.wording = wording
         self.options = dict(terms=self.terms, digits=self.digits, mod=mod, solution=solution, wording=wording,
                             seed=seed, size=size, test_size=test_size, test_fraction=self.test_fraction)
 
     def _candidate(self, rng: random.Random):
-        terms = [_operand(rng, self.digits) for _ in range(rng.randint(*self.terms))]
-        chain = (" + " if self.solution == "pairs" else "+").join(map(str, terms))
+        n = rng.randint(*self.terms)
+        if self.wording == "digit_sum":
+            terms = [rng.randrange(self.mod) for _ in range(n)]
+        else:
+            terms = [_operand(rng, self.digits) for _ in range(n)]
+        sep = " + " if self.solution == "pairs" else "" if self.wording == "digit_sum" else "+"
+        chain = sep.join(map(str, terms))
         if self.wording == "last_digit":
             question = f"last digit of {chain}"
+        elif self.wording == "digit_sum":
+            question = f"digit sum of {chain} mod {self.mod}"
         else:
             question = chain + (f" mod {self.mod}" if self.mod else "")
 
         def build(id_: str) -> Example:
             total = sum(terms) % self.mod if self.mod else sum(terms)
-            meta = {"solution": CHAIN_SOLUTIONS[self.solution](terms, self.mod), "difficulty": len(terms) - 1,
+            solve = CHAIN_SOLUTIONS[self.solution]
+            solution = chain_prefix(terms, self.mod, sep="") if self.wording == "digit_sum" else solve(terms, self.mod)
+            meta = {"solution": solution, "difficulty": len(terms) - 1,
                     "terms": len(terms)}
             return Example(id=id_, question=question, gold=str(total), meta=meta)
 
@@ -670,6 +696,6 @@ class CountdownTask(_SyntheticTask):
 
 __all__ = [
     "ArithmeticTask", "ChainAddTask", "CountdownTask", "answer_part", "chain_pairs", "chain_prefix", "chain_rewrites",
-    "chain_solution", "countdown_question", "document", "format_completion", "parse_int_answer", "pretrain_corpus",
+    "chain_solution", "countdown_question", "document", "document_parts", "format_completion", "parse_int_answer", "pretrain_corpus",
     "worked_solution",
 ]

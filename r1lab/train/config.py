@@ -50,6 +50,7 @@ DEVICES = ("auto", "cpu", "cuda")
 SYNTHETIC_SOURCES = ("arithmetic", "chain_add", "countdown")
 PRETRAIN_SOURCES = SYNTHETIC_SOURCES + ("files",)
 PROMPT_STYLES = ("r1_zero", "chat", "plain")
+PRETRAIN_LOSS_ON = ("all", "completion")
 SFT_LOSS_ON = ("all", "last")
 
 
@@ -292,17 +293,22 @@ class PretrainData:
     source ``arithmetic`` / ``chain_add`` / ``countdown``: the corpus of that synthetic task
     of ``r1lab.tasks.synthetic`` (``options`` are the task's knobs, e.g. arithmetic's ops,
     digits, mul_digits, negative or chain_add's terms, digits; ``worked_fraction`` of
-    the documents carry the worked solution, SPEC §4b; ``style`` the prompt form).
+    the documents carry the worked solution, SPEC §4b — or ``[start, end]``: the fraction
+    moves linearly from start at the first document to end at the last step's; ``style``
+    the prompt form).
     source ``files``: ``paths`` of JSONL (the ``text_field`` of each record is a document)
     or plain-text files (cut into chunks at line ends); held-out documents are
     ``heldout_paths`` or else a ``heldout_fraction`` of documents chosen by hash.
     ``pack``: documents back to back in rows of ``seq_len + 1`` (default), or false: one
     document per row, padded (short documents; each attends only to itself — data.py).
+    ``loss_on``: ``all`` tokens (default) or, for a synthetic source, the ``completion``
+    only — the question is context, not a target (its random digits are irreducible noise
+    that measurably drowned what a tiny model must learn from the worked solutions).
     """
 
     source: str = "arithmetic"
     options: dict[str, Any] = field(default_factory=dict)
-    worked_fraction: float = 0.25
+    worked_fraction: float | list[float] = 0.25
     style: str = "r1_zero"
     paths: list[str] = field(default_factory=list)
     text_field: str = "text"
@@ -310,18 +316,25 @@ class PretrainData:
     heldout_fraction: float = 0.02
     shuffle: bool = True
     pack: bool = True
+    loss_on: str = "all"
 
     def __post_init__(self) -> None:
         _choice(self.source, "source", PRETRAIN_SOURCES)
+        _choice(self.loss_on, "loss_on", PRETRAIN_LOSS_ON)
         check(isinstance(self.pack, bool), "pack", f"must be true or false, got {self.pack!r}")
         check(isinstance(self.options, dict), "options", f"must be a mapping, got {self.options!r}")
-        check(_is_num(self.worked_fraction) and 0 <= self.worked_fraction <= 1, "worked_fraction",
-              f"must be in [0, 1], got {self.worked_fraction!r}")
+        wf = self.worked_fraction
+        ends = list(wf) if isinstance(wf, (list, tuple)) else [wf]
+        check(len(ends) in (1, 2) and all(_is_num(x) and 0 <= x <= 1 for x in ends), "worked_fraction",
+              f"must be a number in [0, 1] or a list [start, end] of two, got {wf!r}")
+        self.worked_fraction = float(ends[0]) if len(ends) == 1 else [float(x) for x in ends]
         _choice(self.style, "style", PROMPT_STYLES)
         check(_is_num(self.heldout_fraction) and 0 <= self.heldout_fraction < 1, "heldout_fraction",
               f"must be in [0, 1), got {self.heldout_fraction!r}")
         if self.source == "files":
             check(bool(self.paths), "paths", "source 'files' needs at least one path")
+            check(self.loss_on == "all", "loss_on", "'completion' needs a synthetic source (files have no "
+                  "prompt/completion boundary; use r1lab sft for chat data)")
         else:
             check(not self.paths, "paths", "only used with source 'files'")
 

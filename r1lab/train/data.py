@@ -8,7 +8,10 @@ read (loop.py's exact-resume guarantee).
   ``r1lab.tasks.synthetic`` (arithmetic, chained addition, countdown) or text/JSONL
   files — become ``BOS + doc + EOS`` and are packed back to back into rows of
   ``seq_len + 1`` tokens (``PackedDocuments``; a document may continue into the next
-  row), or with ``pack: false`` one per padded row (``PaddedDocuments``).
+  row), or with ``pack: false`` one per padded row (``PaddedDocuments``). A synthetic
+  document may come as its (prompt, completion) pair (``loss_on: completion``): its prompt
+  tokens are then context only, never targets. In a row, an untrained token ``t`` is
+  stored as ``-2 - t`` and padding as ``PAD = -1``; ``split_rows`` undoes both.
 * SFT: chat records are rendered with DeepSeek-R1's template (SPEC §8) and packed whole
   into rows (``PackedConversations``); labels are the token ids on assistant tokens and
   ``IGNORE_INDEX`` (-100) everywhere else — prompts, padding, and so also across the
@@ -68,13 +71,31 @@ class SyntheticDocuments:
     ``source`` names the task (``arithmetic``, ``chain_add``, ``countdown``; ``options``
     are its knobs). Documents come in shards of ``SHARD_DOCS``; shard ``s`` is the task's
     ``pretrain_corpus`` under a seed derived from (seed, s), so any position is reachable
-    without replaying the stream.
+    without replaying the stream. ``worked_fraction`` is a number or a ramp ``[start, end]``
+    over the first ``total_docs`` documents (each shard takes the ramp's value at its middle;
+    end after them and for the held-out documents).
     """
 
-    def __init__(self, options: dict, worked_fraction: float, style: str, seed: int, source: str = "arithmetic"):
+    def __init__(self, options: dict, worked_fraction: float | Sequence[float], style: str, seed: int,
+                 source: str = "arithmetic", parts: bool = False, total_docs: int | None = None):
         self.source = source
         self.task = self._task(options)
-        self.options, self.worked_fraction, self.style, self.seed = dict(options), worked_fraction, style, seed
+        self.options, self.style, self.seed = dict(options), style, seed
+        ramp = [float(worked_fraction)] * 2 if isinstance(worked_fraction, (int, float)) else list(worked_fraction)
+        if ramp[0] != ramp[1] and not total_docs:
+            raise DataError("a worked_fraction ramp needs the run's document count (total_docs)")
+        self.ramp, self.total_docs = ramp, total_docs
+        self.worked_fraction = ramp[1]
+        self.parts = parts   # documents as (prompt, completion) pairs: the loss on the completion only
+        self._shard: tuple[int, list] | None = None
+
+    def fraction_of_shard(self, s: int) -> float:
+        """The worked fraction of shard ``s``: the ramp's value at the shard's middle document."""
+        start, end = self.ramp
+        if start == end:
+            return end
+        t = min(1.0, (s + 0.5) * SHARD_DOCS / self.total_docs)
+        return start + (end - start) * t
         self._shard: tuple[int, list[str]] | None = None
 
     def _task(self, options: dict, **extra):
@@ -85,23 +106,25 @@ class SyntheticDocuments:
         except (TaskError, TypeError) as e:
             raise DataError(f"recipe field 'data.options': {e}") from None
 
-    def __getitem__(self, i: int) -> str:
+    def __getitem__(self, i: int) -> str | tuple[str, str]:
         s, j = divmod(i, SHARD_DOCS)
         if self._shard is None or self._shard[0] != s:
             # the shard seed keeps the historical "arithmetic" namespace for every source
-            docs = list(self.task.pretrain_corpus(SHARD_DOCS, worked_fraction=self.worked_fraction,
-                                                  seed=_derive_seed("arithmetic", self.seed, s), style=self.style))
+            docs = list(self.task.pretrain_corpus(SHARD_DOCS, worked_fraction=self.fraction_of_shard(s),
+                                                  seed=_derive_seed("arithmetic", self.seed, s), style=self.style,
+                                                  parts=self.parts))
             self._shard = (s, docs)
         return self._shard[1][j]
 
-    def heldout(self) -> Iterator[str]:
+    def heldout(self) -> Iterator[str | tuple[str, str]]:
         """Documents of *test*-split questions (never trained on), worked as often as in training."""
-        from ..tasks.synthetic import document
+        from ..tasks.synthetic import document_parts
 
         task = self._task(self.options, seed=self.seed, test_size=None)
         pick = random.Random(_derive_seed("heldout-worked", self.seed))
         for ex in task.examples("test"):
-            yield document(ex, pick.random() < self.worked_fraction, self.style)
+            pair = document_parts(ex, pick.random() < self.worked_fraction, self.style)
+            yield pair if self.parts else "".join(pair)
 
     def sample_prompts(self, n: int) -> list[tuple[str, str]]:
         """(prompt, gold answer) of ``n`` test questions, for sample logging."""
@@ -177,7 +200,9 @@ def read_text_documents(paths: Sequence[str], text_field: str = "text") -> list[
 # ---------------------------------------------------------------------- pre-training rows
 class PackedDocuments:
     """Rows of ``seq_len + 1`` tokens packed from ``BOS + doc + EOS`` (no BOS added when the
-    document's text already starts with it, as chat-style documents do).
+    document's text already starts with it, as chat-style documents do). A (prompt,
+    completion) document is tokenized in two parts, as a generator sees it, and its BOS and
+    prompt tokens are stored untrained (``untrained(t)``).
 
     State: the index of the next document and the tokens left over from the last row.
     """
@@ -187,11 +212,15 @@ class PackedDocuments:
         self.next_doc = 0
         self.carry: list[int] = []
 
-    def encode_doc(self, text: str) -> list[int]:
-        ids = self.tok.encode(text)
-        if not ids or ids[0] != self.tok.bos_token_id:
-            ids = [self.tok.bos_token_id] + ids
-        return ids + [self.tok.eos_token_id]
+    def _with_bos(self, ids: list[int]) -> list[int]:
+        return ids if ids and ids[0] == self.tok.bos_token_id else [self.tok.bos_token_id] + ids
+
+    def encode_doc(self, doc: str | tuple[str, str]) -> list[int]:
+        if isinstance(doc, str):
+            return self._with_bos(self.tok.encode(doc)) + [self.tok.eos_token_id]
+        prompt, completion = doc
+        context = self._with_bos(self.tok.encode(prompt))
+        return [untrained(t) for t in context] + self.tok.encode(completion) + [self.tok.eos_token_id]
 
     def next_rows(self, n: int) -> torch.Tensor:
         """(n, seq_len + 1) token ids; inputs are ``[:, :-1]``, targets ``[:, 1:]``."""
@@ -215,6 +244,11 @@ class PackedDocuments:
 PAD = -1   # padding in rows of unpacked documents: input 0 (never attended by real tokens), target ignored
 
 
+def untrained(token: int) -> int:
+    """How a row stores a token that is input only, never a target (a prompt's): ``-2 - t``."""
+    return -2 - token
+
+
 class PaddedDocuments(PackedDocuments):
     """One ``BOS + doc + EOS`` per row (``pack: false``), cut to ``seq_len + 1`` tokens and
     padded with ``PAD``: every document starts at position 0 and attends only to itself.
@@ -235,11 +269,13 @@ class PaddedDocuments(PackedDocuments):
 
 
 def split_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs, targets) of rows from ``PackedDocuments``/``PaddedDocuments``: padding is
-    input 0 and target ``IGNORE_INDEX``; padding only ever follows a document's EOS, so
-    causal attention never lets a real token see it."""
-    inputs = rows[:, :-1].clamp(min=0)
-    targets = rows[:, 1:].masked_fill(rows[:, 1:] == PAD, IGNORE_INDEX)
+    """(inputs, targets) of rows from ``PackedDocuments``/``PaddedDocuments``: an untrained
+    token (``untrained(t)``) is input ``t`` and target ``IGNORE_INDEX``; padding is input 0
+    and target ``IGNORE_INDEX`` — it only ever follows a document's EOS, so causal attention
+    never lets a real token see it."""
+    x = rows[:, :-1]
+    inputs = torch.where(x < PAD, -2 - x, x.clamp(min=0))
+    targets = rows[:, 1:].masked_fill(rows[:, 1:] < 0, IGNORE_INDEX)
     return inputs, targets
 
 

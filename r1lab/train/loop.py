@@ -124,12 +124,12 @@ def resolve_device(spec: str) -> torch.device:
 def load_start(spec: ModelSpec, seed: int) -> tuple[torch.nn.Module, Any]:
     """The model a run starts from (``spec.init``: preset, config.json or checkpoint
     directory) and its tokenizer, checked against each other. fp32 weights on the CPU."""
-    from ..checkpoint import load_config, load_model
+    from ..checkpoint import SHIPPED_MODELS, load_config, load_model, resolve_checkpoint
     from ..config import PRESETS, ConfigError, ModelConfig, preset
     from ..model import build_model
     from ..tokenizer import load_tokenizer
 
-    path = Path(spec.init)
+    path = resolve_checkpoint(spec.init)
     checkpoint_dir = None
     if spec.init in PRESETS:
         cfg = preset(spec.init)
@@ -143,7 +143,7 @@ def load_start(spec: ModelSpec, seed: int) -> tuple[torch.nn.Module, Any]:
         cfg = ModelConfig.from_json(path)
     else:
         raise TrainError(f"recipe field 'model.init': {spec.init!r} is not a preset ({', '.join(PRESETS)}), "
-                         f"a config.json file or a checkpoint directory")
+                         f"a shipped model ({', '.join(SHIPPED_MODELS)}), a config.json file or a checkpoint directory")
     if spec.overrides:
         try:
             cfg = cfg.replace(**spec.overrides)

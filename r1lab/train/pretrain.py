@@ -115,7 +115,7 @@ class PretrainAlgorithm:
         n_tokens = 0
         for _ in range(accum):
             rows = self.stream.next_rows(cfg.batch_size)
-            n_tokens += int((rows[:, 1:] != PAD).sum())
+            n_tokens += int((rows[:, 1:] != PAD).sum())   # tokens read (prompts too), padding not
             inputs, targets = (trainer.to_device(t) for t in split_rows(rows))
             with trainer.autocast():
                 out = trainer.model(inputs, targets=targets)
@@ -161,7 +161,9 @@ def build_algorithm(cfg: PretrainConfig, model, tokenizer) -> PretrainAlgorithm:
     check_seq_len(model.config, cfg.seq_len)
     n_samples = cfg.log.samples if cfg.log.sample_every else 0
     if d.source != "files":
-        docs = SyntheticDocuments(d.options, d.worked_fraction, d.style, cfg.seed, source=d.source)
+        docs = SyntheticDocuments(d.options, d.worked_fraction, d.style, cfg.seed, source=d.source,
+                                  parts=d.loss_on == "completion",
+                                  total_docs=cfg.steps * cfg.batch_size * cfg.optim.grad_accum)
         heldout_docs = docs.heldout()
         prompts: list[tuple[str, str | None]] = docs.sample_prompts(n_samples) if n_samples else []
     else:
