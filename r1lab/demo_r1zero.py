@@ -155,7 +155,7 @@ def length_histogram(before: list[dict], after: list[dict], path: Path) -> None:
     ax.set_xlabel("response length (tokens)")
     ax.set_ylabel("held-out responses")
     ax.set_title("Response length before and after R1-Zero GRPO")
-    ax.legend()
+    ax.legend(loc="upper center")
     fig.tight_layout()
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=100)

@@ -250,7 +250,8 @@ def test_unpacked_rows_hold_one_document_each():
     assert (targets[rows[:, 1:] != PAD] == rows[:, 1:][rows[:, 1:] != PAD]).all()
 
 
-def test_pretrain_unpacked_runs_and_resumes_its_position(tmp_path):
+@pytest.mark.parametrize("extra", [{}, {"loss_on": "completion", "worked_fraction": [0.9, 0.1]}])
+def test_pretrain_unpacked_runs_and_resumes_its_position(tmp_path, extra):
     from r1lab.train.config import PretrainConfig, from_dict
     from r1lab.train.pretrain import pretrain
 
@@ -259,7 +260,7 @@ def test_pretrain_unpacked_runs_and_resumes_its_position(tmp_path):
                                                 "moe_intermediate_size": 32, "q_lora_rank": 32, "kv_lora_rank": 16}},
         "data": {"source": "chain_add", "options": {"terms": 3, "digits": 1, "mod": 10, "solution": "prefix",
                                                     "wording": "last_digit"},
-                 "style": "plain", "pack": False},
+                 "style": "plain", "pack": False, **extra},
         "steps": 3, "batch_size": 4, "seq_len": 48, "threads": 1, "out_dir": str(tmp_path / "run"),
         "eval": {"every": 3, "heldout_rows": 4}, "log": {"every": 1, "sample_every": 0},
         "checkpoint": {"every": 0},

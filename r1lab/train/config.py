@@ -324,8 +324,9 @@ class PretrainData:
         check(isinstance(self.pack, bool), "pack", f"must be true or false, got {self.pack!r}")
         check(isinstance(self.options, dict), "options", f"must be a mapping, got {self.options!r}")
         wf = self.worked_fraction
-        ends = list(wf) if isinstance(wf, (list, tuple)) else [wf]
-        check(len(ends) in (1, 2) and all(_is_num(x) and 0 <= x <= 1 for x in ends), "worked_fraction",
+        ramp = isinstance(wf, (list, tuple))
+        ends = list(wf) if ramp else [wf]
+        check(len(ends) == (2 if ramp else 1) and all(_is_num(x) and 0 <= x <= 1 for x in ends), "worked_fraction",
               f"must be a number in [0, 1] or a list [start, end] of two, got {wf!r}")
         self.worked_fraction = float(ends[0]) if len(ends) == 1 else [float(x) for x in ends]
         _choice(self.style, "style", PROMPT_STYLES)
