@@ -294,8 +294,9 @@ class PretrainData:
     of ``r1lab.tasks.synthetic`` (``options`` are the task's knobs, e.g. arithmetic's ops,
     digits, mul_digits, negative or chain_add's terms, digits; ``worked_fraction`` of
     the documents carry the worked solution, SPEC §4b — or ``[start, end]``: the fraction
-    moves linearly from start at the first document to end at the last step's; ``style``
-    the prompt form).
+    moves linearly from start at the first document to end at document steps × batch_size ×
+    grad_accum (the last step's with ``pack: false``; packed rows hold several documents, so
+    there the end comes earlier and holds); ``style`` the prompt form).
     source ``files``: ``paths`` of JSONL (the ``text_field`` of each record is a document)
     or plain-text files (cut into chunks at line ends); held-out documents are
     ``heldout_paths`` or else a ``heldout_fraction`` of documents chosen by hash.
