@@ -113,15 +113,15 @@ def test_shipped_base_model_loads_by_name_and_knows_its_worked_form():
 
 
 def test_r1_zero_on_the_shipped_base_lifts_accuracy_and_length(tmp_path):
-    """A shortened `r1lab demo` (30 of the recipe's 60 steps, 32 questions × 2 samples): RL
+    """A shortened `r1lab demo` (45 of the recipe's 90 steps, 32 questions × 2 samples): RL
     with a correctness reward alone already shifts the base from direct answers to worked
     ones — more right and longer — on held-out questions."""
     out = tmp_path / "demo"
-    assert run_demo("r1zero-base", out_dir=out, steps=30, questions=32, k=2, threads=2) == 0
+    assert run_demo("r1zero-base", out_dir=out, steps=45, questions=32, k=2, threads=2) == 0
     s = json.loads((out / "summary.json").read_text())
     before, after = s["before"], s["after"]
     assert before["reasoning"]["share"] <= 0.1 and before["pass@1"] <= 0.45
-    assert after["reasoning"]["share"] >= 0.5
+    assert after["reasoning"]["share"] >= 0.4
     assert after["pass@1"] - before["pass@1"] >= 0.2
-    assert after["mean_response_tokens"] >= 1.5 * before["mean_response_tokens"]
-    assert after["reasoning"]["accuracy"] >= 0.6 and after["format_rate"] >= 0.95
+    assert after["mean_response_tokens"] >= 1.4 * before["mean_response_tokens"]
+    assert after["reasoning"]["accuracy"] >= 0.8 and after["format_rate"] >= 0.95
