@@ -98,24 +98,21 @@ def _init_tokenizer(cfg, path: str | None):
     return None, "no tokenizer (the shipped one does not fit this config; pass --tokenizer DIR)"
 
 
-def _positive_int_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
+def _int_arg(minimum: int, what: str):
+    """An argparse type: an integer >= ``minimum``, else argparse's one-line error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be a {what} integer, got {text!r}")
+        return value
+    return parse
 
 
-def _nonneg_int_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
-    return value
+_positive_int_arg = _int_arg(1, "positive")
+_nonneg_int_arg = _int_arg(0, "non-negative")
 
 
 R1_ZERO_DEMO_FLAGS = ("base", "recipe", "steps", "questions", "k", "threads")

@@ -55,6 +55,7 @@ import hashlib
 import random
 import re
 from collections.abc import Iterator, Sequence
+from functools import partial
 
 from r1lab.reasoning import END_THINK, THINK, extract_answer, split_reasoning
 from r1lab.tasks.base import check_style, Example, Task, TaskError, register_task
@@ -580,6 +581,9 @@ class ChainAddTask(_IntegerAnswerTask):
         self.wording = wording
         self.options = dict(terms=self.terms, digits=self.digits, mod=mod, solution=solution, wording=wording,
                             seed=seed, size=size, test_size=test_size, test_fraction=self.test_fraction)
+        # a digit-string question gets its running values as a digit string too
+        self._sep = " + " if solution == "pairs" else "" if wording == "digit_sum" else "+"
+        self._solve = partial(chain_prefix, sep="") if wording == "digit_sum" else CHAIN_SOLUTIONS[solution]
 
     def _candidate(self, rng: random.Random):
         n = rng.randint(*self.terms)
@@ -587,8 +591,7 @@ class ChainAddTask(_IntegerAnswerTask):
             terms = [rng.randrange(self.mod) for _ in range(n)]
         else:
             terms = [_operand(rng, self.digits) for _ in range(n)]
-        sep = " + " if self.solution == "pairs" else "" if self.wording == "digit_sum" else "+"
-        chain = sep.join(map(str, terms))
+        chain = self._sep.join(map(str, terms))
         if self.wording == "last_digit":
             question = f"last digit of {chain}"
         elif self.wording == "digit_sum":
@@ -598,10 +601,7 @@ class ChainAddTask(_IntegerAnswerTask):
 
         def build(id_: str) -> Example:
             total = sum(terms) % self.mod if self.mod else sum(terms)
-            solve = CHAIN_SOLUTIONS[self.solution]
-            solution = chain_prefix(terms, self.mod, sep="") if self.wording == "digit_sum" else solve(terms, self.mod)
-            meta = {"solution": solution, "difficulty": len(terms) - 1,
-                    "terms": len(terms)}
+            meta = {"solution": self._solve(terms, self.mod), "difficulty": len(terms) - 1, "terms": len(terms)}
             return Example(id=id_, question=question, gold=str(total), meta=meta)
 
         return question, build
@@ -696,6 +696,6 @@ class CountdownTask(_SyntheticTask):
 
 __all__ = [
     "ArithmeticTask", "ChainAddTask", "CountdownTask", "answer_part", "chain_pairs", "chain_prefix", "chain_rewrites",
-    "chain_solution", "countdown_question", "document", "document_parts", "format_completion", "parse_int_answer", "pretrain_corpus",
-    "worked_solution",
+    "chain_solution", "countdown_question", "document", "document_parts", "format_completion", "parse_int_answer",
+    "pretrain_corpus", "worked_solution",
 ]

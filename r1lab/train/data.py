@@ -96,7 +96,6 @@ class SyntheticDocuments:
             return end
         t = min(1.0, (s + 0.5) * SHARD_DOCS / self.total_docs)
         return start + (end - start) * t
-        self._shard: tuple[int, list[str]] | None = None
 
     def _task(self, options: dict, **extra):
         from ..tasks import TaskError, get_task
@@ -244,8 +243,9 @@ class PackedDocuments:
 PAD = -1   # padding in rows of unpacked documents: input 0 (never attended by real tokens), target ignored
 
 
-def untrained(token: int) -> int:
-    """How a row stores a token that is input only, never a target (a prompt's): ``-2 - t``."""
+def untrained(token):
+    """How a row stores a token that is input only, never a target (a prompt's): ``-2 - t``
+    (an int or a tensor). Its own inverse: ``untrained(untrained(t)) == t``."""
     return -2 - token
 
 
@@ -274,7 +274,7 @@ def split_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     and target ``IGNORE_INDEX`` — it only ever follows a document's EOS, so causal attention
     never lets a real token see it."""
     x = rows[:, :-1]
-    inputs = torch.where(x < PAD, -2 - x, x.clamp(min=0))
+    inputs = torch.where(x < PAD, untrained(x), x.clamp(min=0))
     targets = rows[:, 1:].masked_fill(rows[:, 1:] < 0, IGNORE_INDEX)
     return inputs, targets
 
