@@ -2,11 +2,16 @@
 
 Same config (preset ``bench``) and weights (saved by us, loaded by transformers), random
 token-id prompts, sampled at temperature 1, exactly ``--new`` tokens per sequence (EOS is
-disabled on both sides), CPU fp32. Also measures the engine's KV-cache bytes per token
-against (kv_lora_rank + qk_rope_head_dim) × layers × dtype bytes, and runs 64 requests with
-n = 8 against a small cache budget.
+disabled on both sides: our engine runs without a tokenizer, so it knows no EOS), CPU fp32.
 
-    python benchmarks/generate.py [--new 128] [--batches 1 16 64] [--json out.json]
+Fair timing: both sides are warmed up on the batch's shape first (transformers' first
+``generate`` on a fresh model pays one-time setup), then the timed runs alternate — ours,
+theirs, ours, theirs … — so a machine's slow spell hits both, and each side's figure is the
+median of ``--runs`` (≥ 3) runs; every run is printed. Also measures the engine's KV-cache
+bytes per token against (kv_lora_rank + qk_rope_head_dim) × layers × dtype bytes, and runs
+64 requests with n = 8 against a small cache budget.
+
+    python benchmarks/generate.py [--new 128] [--batches 1 16 64] [--runs 3] [--json out.json]
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import subprocess
 import tempfile
 import time
@@ -25,19 +31,13 @@ from r1lab import build_model, preset, save_model
 from r1lab.engine import Engine, EngineConfig, SamplingParams
 
 PROMPT_LEN = 16
-
-
-class NoEOSTokenizer:
-    """The engine only needs decode (for stop strings / streams) and eos_token_id."""
-
-    eos_token_id = None
-
-    def decode(self, ids, skip_special_tokens=False):
-        return ""
+WARMUP_TOKENS = 8   # each side's warm-up run, on the timed batch's shape
+MIN_RUNS = 3
 
 
 def ours(model, prompts, new, kv_bytes):
-    eng = Engine(model, NoEOSTokenizer(), EngineConfig(kv_cache_bytes=kv_bytes, max_num_seqs=256))
+    """tok/s of one ``generate`` (the engine is built outside the timing; no tokenizer, so no EOS)."""
+    eng = Engine(model, None, EngineConfig(kv_cache_bytes=kv_bytes, max_num_seqs=256))
     params = SamplingParams(temperature=1.0, max_tokens=new, seed=0)
     t = time.perf_counter()
     outs = eng.generate(prompts, params)
@@ -64,9 +64,13 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=128, help="new tokens per sequence")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
     ap.add_argument("--skip-hf-above", type=int, default=16, help="skip transformers for larger batches")
+    ap.add_argument("--runs", type=int, default=MIN_RUNS, help=f"timed runs per side (>= {MIN_RUNS}); medians reported")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
+    if args.runs < MIN_RUNS:
+        ap.error(f"--runs must be >= {MIN_RUNS} (a median of fewer runs is one noisy sample), got {args.runs}")
 
+    import transformers
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -79,19 +83,34 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     print(f"machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}; "
           f"torch {torch.__version__}, r1lab {r1lab.__version__} ({commit})")
-    print(f"preset 'bench', prompts {PROMPT_LEN} tokens, {args.new} sampled tokens each, fp32 CPU\n")
+    print(f"transformers {transformers.__version__}; preset 'bench', prompts {PROMPT_LEN} tokens, "
+          f"{args.new} sampled tokens each, fp32 CPU; both sides warmed up, {args.runs} interleaved runs each\n")
 
     g = torch.Generator().manual_seed(0)
-    rows, figures = [], {"new_tokens": args.new, "commit": commit, "torch": torch.__version__}
+    rows, figures = [], {"new_tokens": args.new, "runs": args.runs, "commit": commit, "torch": torch.__version__,
+                         "transformers": transformers.__version__}
     kv_bytes = 64 * 2**20
     for b in args.batches:
         prompts = torch.randint(2, cfg.vocab_size, (b, PROMPT_LEN), generator=g).tolist()
-        ours(model, prompts[:1], 8, kv_bytes)  # warm-up
-        tok_ours, eng = ours(model, prompts, args.new, kv_bytes)
-        tok_hf = theirs(hf, prompts, args.new) if b <= args.skip_hf_above else None
-        ratio = tok_ours / tok_hf if tok_hf else None
-        rows.append((b, tok_ours, tok_hf, ratio))
-        figures[f"batch_{b}"] = {"ours_tok_s": tok_ours, "hf_tok_s": tok_hf, "ratio": ratio}
+        with_hf = b <= args.skip_hf_above
+        ours(model, prompts, WARMUP_TOKENS, kv_bytes)
+        if with_hf:
+            theirs(hf, prompts, WARMUP_TOKENS)
+        runs_ours, runs_hf = [], []
+        for r in range(args.runs):
+            tok_s, eng = ours(model, prompts, args.new, kv_bytes)
+            runs_ours.append(tok_s)
+            if with_hf:
+                runs_hf.append(theirs(hf, prompts, args.new))
+            print(f"batch {b:>3} run {r + 1}: ours {runs_ours[-1]:7.0f} tok/s"
+                  + (f", transformers {runs_hf[-1]:7.0f} tok/s" if with_hf else ""), flush=True)
+        med_ours = statistics.median(runs_ours)
+        med_hf = statistics.median(runs_hf) if with_hf else None
+        ratio = med_ours / med_hf if med_hf else None
+        rows.append((b, med_ours, med_hf, ratio))
+        figures[f"batch_{b}"] = {"ours_tok_s": med_ours, "hf_tok_s": med_hf, "ratio": ratio,
+                                 "ours_runs": runs_ours, "hf_runs": runs_hf or None}
+    print(f"\nmedians of {args.runs} runs")
     print(f"{'batch':>6}{'ours tok/s':>14}{'transformers':>15}{'ratio':>9}")
     for b, o, h, r in rows:
         print(f"{b:>6}{o:>14.0f}{(f'{h:.0f}' if h else '-'):>15}{(f'{r:.2f}x' if r else '-'):>9}")
@@ -103,7 +122,7 @@ def main() -> None:
 
     # 64 requests x n=8 against a budget that holds only a fraction of them at once
     budget = 2 * 2**20
-    eng = Engine(model, NoEOSTokenizer(), EngineConfig(kv_cache_bytes=budget, max_num_seqs=256))
+    eng = Engine(model, None, EngineConfig(kv_cache_bytes=budget, max_num_seqs=256))
     prompts = torch.randint(2, cfg.vocab_size, (64, PROMPT_LEN), generator=g).tolist()
     low = eng.cache.free_blocks()
     t = time.perf_counter()

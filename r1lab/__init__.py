@@ -7,6 +7,12 @@ from .model import build_model  # noqa: E402
 
 
 def __getattr__(name):  # lazy: keep `import r1lab` light
+    import importlib
+    import importlib.util
+
+    # every submodule (r1lab.rewards, r1lab.tasks, r1lab.eval, ...) is an attribute, imported on first use
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f"{__name__}.{name}")
     if name in ("load_model", "save_model"):
         from . import checkpoint
 

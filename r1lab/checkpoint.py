@@ -8,7 +8,8 @@ them; the only renames are
   * MTP layers (index ``num_hidden_layers + k``) share the embedding and output head; the
     published files also store copies as ``embed_tokens`` and ``shared_head.head``, so we
     write them and ignore them on load;
-  * published FP8 weights (``weight_scale_inv`` with 128×128 blocks) are dequantised.
+  * published FP8 weights (``weight_scale_inv``, one scale per block of
+    ``quantization_config.weight_block_size``, default 128×128) are dequantised.
 Writes are atomic: a temporary directory is filled, then renamed into place.
 """
 
@@ -36,6 +37,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
+FP8_BLOCK_SIZE = (128, 128)  # DeepSeek-V3/R1's weight_block_size (SPEC §9)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
 # Checkpoints that ship inside the package (r1lab/assets/models/NAME/, bf16 weights), each
 # pre-trained by our own committed recipe; a name works wherever a checkpoint directory does.
@@ -51,6 +53,21 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     p = Path(path)
     if not p.exists() and str(path) in SHIPPED_MODELS:
         return SHIPPED_DIR / str(path)
+    return p
+
+
+def missing_path_message(path: str | os.PathLike) -> str:
+    """The one-line error for a model path that does not exist (nor names a shipped model)."""
+    return (f"model path {path} does not exist (give a checkpoint directory or a shipped model name: "
+            f"{', '.join(SHIPPED_MODELS)})")
+
+
+def require_checkpoint(path: str | os.PathLike) -> Path:
+    """``resolve_checkpoint``, checked first of all: a path that does not exist is a
+    CheckpointError saying so (not a later complaint about a file missing inside it)."""
+    p = resolve_checkpoint(path)
+    if not p.exists():
+        raise CheckpointError(missing_path_message(path))
     return p
 
 
@@ -92,7 +109,7 @@ def to_hf_state_dict(model: torch.nn.Module, expert_layout: str = "per_expert") 
 
 def from_hf_state_dict(tensors: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """Hugging Face names/layouts (per-expert or fused, FP8 or not) -> our state dict."""
-    tensors = _dequantize_fp8(tensors)
+    tensors = _dequantize_fp8(tensors, fp8_block_size(cfg))
     out: dict[str, torch.Tensor] = {}
     experts: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
     per_expert = re.compile(r"^(.*\.mlp\.experts\.)(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
@@ -121,19 +138,45 @@ def from_hf_state_dict(tensors: dict[str, torch.Tensor], cfg: ModelConfig) -> di
     return out
 
 
-def _dequantize_fp8(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def fp8_block_size(cfg: ModelConfig) -> tuple[int, int]:
+    """(rows, cols) of one FP8 scale block: ``quantization_config.weight_block_size`` of
+    config.json, or DeepSeek-V3/R1's 128×128 when the config does not say (SPEC §9)."""
+    qc = cfg.quantization_config or {}
+    if not isinstance(qc, dict):
+        raise CheckpointError(f"config.json quantization_config must be an object, got {qc!r}")
+    block = qc.get("weight_block_size", FP8_BLOCK_SIZE)
+    if (not isinstance(block, (list, tuple)) or len(block) != 2
+            or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in block)):
+        raise CheckpointError(f"config.json quantization_config.weight_block_size must be two positive integers "
+                              f"[rows, cols], got {block!r}")
+    return int(block[0]), int(block[1])
+
+
+def _dequantize_fp8(tensors: dict[str, torch.Tensor],
+                    block: tuple[int, int] = FP8_BLOCK_SIZE) -> dict[str, torch.Tensor]:
+    """``weight * weight_scale_inv`` per ``block`` (rows, cols); a dimension that is not a
+    multiple of the block ends in a partial block, so the block size cannot be inferred
+    from the scale's shape (V3's 576-row kv_a_proj_with_mqa has 5 row blocks, not 576/5)."""
     scales = {k[: -len("_scale_inv")]: v for k, v in tensors.items() if k.endswith(".weight_scale_inv")}
     if not scales:
         return tensors
+    br, bc = block
     out = {}
     for name, t in tensors.items():
         if name.endswith(".weight_scale_inv"):
             continue
         if name in scales:
-            s = scales[name].float()
+            s = scales[name]
+            if t.dim() != 2 or s.dim() != 2:
+                raise CheckpointError(f"FP8 weight {name} {tuple(t.shape)} and its scale {tuple(s.shape)} must both "
+                                      f"be matrices")
             rows, cols = t.shape
-            br, bc = -(-rows // s.shape[0]), -(-cols // s.shape[1])
-            s = s.repeat_interleave(br, 0)[:rows].repeat_interleave(bc, 1)[:, :cols]
+            want = (-(-rows // br), -(-cols // bc))
+            if tuple(s.shape) != want:
+                raise CheckpointError(f"FP8 weight {name} {tuple(t.shape)} has a weight_scale_inv of shape "
+                                      f"{tuple(s.shape)}; {br}×{bc} blocks (quantization_config.weight_block_size) "
+                                      f"need {want}")
+            s = s.float().repeat_interleave(br, 0)[:rows].repeat_interleave(bc, 1)[:, :cols]
             t = t.float() * s
         out[name] = t
     return out
@@ -260,9 +303,7 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_config(path: str | os.PathLike) -> ModelConfig:
-    path = resolve_checkpoint(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint directory {path} does not exist")
+    path = require_checkpoint(path)
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a directory; give the checkpoint directory that holds {CONFIG_NAME}")
     if not (path / CONFIG_NAME).is_file():
@@ -278,7 +319,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
     warning; any other missing, unexpected or mis-shaped tensor is an error. ``path`` may
     name a shipped model (``SHIPPED_MODELS``).
     """
-    path = resolve_checkpoint(path)
+    path = require_checkpoint(path)
     cfg = load_config(path)
     tensors = from_hf_state_dict(read_tensors(path), cfg)
     model = build_model(cfg, device="meta")

@@ -22,12 +22,15 @@ class CLIError(Exception):
 
 def _resolve_config(spec: str):
     """PRESET name, shipped model, path to a config.json, or a checkpoint directory -> ModelConfig."""
-    from .checkpoint import load_config, resolve_checkpoint
+    from .checkpoint import SHIPPED_MODELS, load_config, resolve_checkpoint
     from .config import ModelConfig, preset
 
     if spec in PRESETS:
         return preset(spec)
     p = resolve_checkpoint(spec)
+    if not p.exists():
+        raise CLIError(f"model path {spec} does not exist (give a preset: {', '.join(PRESETS)}; a config.json file; "
+                       f"a checkpoint directory; or a shipped model name: {', '.join(SHIPPED_MODELS)})")
     if p.is_dir():
         return load_config(p)
     if p.is_file():
@@ -132,6 +135,10 @@ def cmd_demo(args) -> int:
                        "use --steps)")
     from .demo_r1zero import DEFAULT_BASE, EVAL_K, EVAL_QUESTIONS, run_demo as run_r1_zero
 
+    if args.base is not None:
+        from .checkpoint import require_checkpoint
+
+        require_checkpoint(args.base)
     return run_r1_zero(base=args.base or DEFAULT_BASE, out_dir=Path(args.out), recipe=args.recipe,
                        steps=args.steps, questions=args.questions or EVAL_QUESTIONS, k=args.k or EVAL_K,
                        threads=args.threads, seed=args.seed)
@@ -209,6 +216,13 @@ def cmd_eval(args) -> int:
                        concurrency=args.concurrency, prompt_style=args.prompt_style, output_dir=args.output,
                        kv_cache_mb=args.kv_cache_mb, task_options=_task_options(args.task_opt),
                        device=args.device, dtype=args.dtype)
+    if "task_options_from_model" in summary:
+        opts = ", ".join(f"{k}={v}" for k, v in summary["task_options_from_model"].items())
+        print(f"note: {args.task} with the options {args.model} was trained on ({opts}; from its r1lab.json); "
+              f"--task-opt KEY=VALUE overrides them")
+    if summary.get("prompt_style_from_model"):
+        print(f"note: prompt style {summary['prompt_style']!r}, the one {args.model} was trained with (from its "
+              f"r1lab.json); --prompt-style overrides it")
     print(markdown_table([summary]), end="")
     if args.output:
         print(f"wrote {args.output}/samples.jsonl, summary.json, summary.md")
@@ -337,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     s.add_argument("--seed", type=_nonneg_int_arg, help="random seed (default: the recipe's; 0 with --foundation)")
     s.add_argument("--base", help="base checkpoint directory or shipped model name (default r1zero-base)")
-    s.add_argument("--recipe", help="GRPO recipe (default recipes/r1_zero_tiny.yaml of the checkout)")
+    s.add_argument("--recipe", help="GRPO recipe file or shipped recipe name (default r1_zero_tiny, shipped in the package)")
     s.add_argument("--steps", type=_positive_int_arg, help="GRPO steps (default: the recipe's)")
     s.add_argument("--questions", type=_positive_int_arg, help="held-out questions (default 128)")
     s.add_argument("--k", type=_positive_int_arg, help="samples per question (default 4)")
@@ -435,15 +449,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: bf16 on CUDA, fp32 on CPU")
     s.set_defaults(func=cmd_eval)
 
-    for verb, func, desc in (
-        ("pretrain", cmd_pretrain, "pre-train a model from a YAML recipe (next-token + MTP + balance loss, SPEC §2)"),
-        ("sft", cmd_sft, "supervised fine-tuning on chat JSONL from a YAML recipe (loss on assistant tokens)"),
-        ("grpo", cmd_grpo, "reinforcement learning with GRPO and rule rewards from a YAML recipe (SPEC §3, §4)"),
+    for verb, func, example, desc in (
+        ("pretrain", cmd_pretrain, "pretrain_tiny", "pre-train a model from a YAML recipe (next-token + MTP + balance loss, SPEC §2)"),
+        ("sft", cmd_sft, "sft_tiny", "supervised fine-tuning on chat JSONL from a YAML recipe (loss on assistant tokens)"),
+        ("grpo", cmd_grpo, "r1_zero_tiny", "reinforcement learning with GRPO and rule rewards from a YAML recipe (SPEC §3, §4)"),
     ):
         s = sub.add_parser(verb, help=desc,
                            description=f"{desc[0].upper()}{desc[1:]}. Metrics go to OUT_DIR/metrics.jsonl, plots to "
                                        "OUT_DIR/plots/, checkpoints to OUT_DIR/checkpoints/, the model to OUT_DIR/final/.")
-        s.add_argument("recipe", metavar="RECIPE.yaml", help="the recipe (e.g. recipes/%s_tiny.yaml)" % verb)
+        s.add_argument("recipe", metavar="RECIPE.yaml", help="a recipe file, or a shipped recipe's name from any directory "
+                                                                  "(e.g. %s; see r1lab/recipes/)" % example)
         s.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a recipe value, e.g. --set optim.lr=1e-3 --set steps=50 (repeatable)")
         s.add_argument("--resume", action="store_true",
@@ -479,12 +494,13 @@ def main(argv: list[str] | None = None) -> int:
         from .engine.sampler import SamplingError
         from .eval import EvalError
         from .generate import GenerateError
+        from .model_meta import MetaError
         from .rewards import RewardError
         from .tasks import TaskError
         from .train.config import TrainError
 
         known = (CheckpointError, CacheError, EngineError, SamplingError, GenerateError, EvalError, TaskError,
-                 RewardError, TrainError, DemoError,
+                 RewardError, TrainError, DemoError, MetaError,
                  FileNotFoundError, PermissionError, IsADirectoryError)
         if isinstance(e, known):
             print(f"r1lab: error: {e}", file=sys.stderr)

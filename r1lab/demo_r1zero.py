@@ -30,7 +30,7 @@ from pathlib import Path
 
 from .files import atomic_write_text
 
-DEMO_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "r1_zero_tiny.yaml"
+DEMO_RECIPE = Path(__file__).resolve().parent / "recipes" / "r1_zero_tiny.yaml"   # ships in the package
 DEFAULT_BASE = "r1zero-base"   # shipped in r1lab/assets/models/ (checkpoint.SHIPPED_MODELS)
 EVAL_QUESTIONS = 128       # held-out questions, before and after
 EVAL_K = 4                 # samples per question (pass@1 = mean over them)
@@ -168,16 +168,20 @@ def run_demo(base: str | Path, out_dir: Path = Path("runs/demo"), recipe: Path |
              threads: int | None = None, seed: int | None = None) -> int:
     import torch
 
-    from .checkpoint import load_model, resolve_checkpoint
-    from .train.config import load_recipe
+    from .checkpoint import load_model, missing_path_message, resolve_checkpoint
+    from .train.config import load_recipe, resolve_recipe, shipped_recipes
     from .train.grpo import GRPOConfig, grpo
     from .train.loop import load_start
 
     t_start = time.time()
-    recipe = Path(recipe) if recipe is not None else DEMO_RECIPE
+    recipe = resolve_recipe(recipe) if recipe is not None else DEMO_RECIPE
     if not recipe.is_file():
-        raise DemoError(f"demo recipe {recipe} not found; run from a source checkout or pass --recipe PATH")
+        raise DemoError(f"demo recipe {recipe} not found; pass --recipe PATH or a shipped recipe name "
+                        f"({', '.join(shipped_recipes())})")
     out_dir = Path(out_dir)
+    if not resolve_checkpoint(base).exists():
+        raise DemoError(f"{missing_path_message(base)}; pre-train one with r1lab pretrain base_tiny "
+                        f"(writes runs/base_tiny/final)")
     if not resolve_checkpoint(base).is_dir():
         raise DemoError(f"base checkpoint {base} is not a directory (nor a shipped model: {DEFAULT_BASE}); "
                         f"pre-train one with r1lab pretrain recipes/base_tiny.yaml (writes runs/base_tiny/final)")

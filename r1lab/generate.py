@@ -26,6 +26,10 @@ class GenerateError(ValueError):
 
 
 def read_prompts(path: Path, chat: bool) -> list:
+    """The prompts of a JSONL file: strings, ``{"prompt": text}`` or ``{"messages": [...]}``
+    (checked against the chat template here, so a bad row names its line)."""
+    from .tokenizer import TokenizerError, render_chat
+
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
@@ -37,6 +41,12 @@ def read_prompts(path: Path, chat: bool) -> list:
         if isinstance(item, str):
             text = item
         elif isinstance(item, dict) and isinstance(item.get("messages"), list):
+            try:                     # the template's own checks, with the line they come from
+                render_chat(item["messages"])
+            except TokenizerError as e:
+                raise GenerateError(f"{path} line {n}: {e}") from None
+            if not item["messages"]:
+                raise GenerateError(f"{path} line {n}: 'messages' is empty; give at least one user message")
             prompts.append(item["messages"])
             continue
         elif isinstance(item, dict) and isinstance(item.get("prompt"), str):
@@ -73,16 +83,15 @@ def run_generate(model_dir: str, prompt: str | None, prompts_file: str | None, *
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, seed=seed)
     if kv_cache_mb <= 0:
         raise GenerateError(f"--kv-cache-mb must be positive, got {kv_cache_mb}")
+    if prompt is not None:
+        items = [[{"role": "user", "content": prompt}] if chat else prompt]
+    else:                    # input errors before the model loads
+        items = read_prompts(Path(prompts_file), chat)
     model, tok = load_model_and_tokenizer(model_dir, tokenizer_dir, device, dtype)
     if spec_mtp and not getattr(model, "mtp_layers", None):
         raise GenerateError(f"--spec-mtp needs a model with an MTP module; {model_dir} has none "
                             "(num_nextn_predict_layers is 0 or the model is dense)")
     engine = Engine(model, tok, EngineConfig(kv_cache_bytes=int(kv_cache_mb * 2**20), spec_mtp=spec_mtp))
-
-    if prompt is not None:
-        items = [[{"role": "user", "content": prompt}] if chat else prompt]
-    else:
-        items = read_prompts(Path(prompts_file), chat)
 
     if len(items) == 1 and n == 1 and output is None:  # stream to the terminal
         for d in engine.stream(items, params):
@@ -116,11 +125,15 @@ def load_model_and_tokenizer(model_dir: str, tokenizer_dir: str | None = None, d
                              dtype: str | None = None, error: type[Exception] = None):
     """(model, tokenizer) from a checkpoint directory; the tokenizer is the checkpoint's own
     unless ``tokenizer_dir`` is given. Problems raise ``error`` (default GenerateError)."""
-    from .checkpoint import load_model, resolve_checkpoint
+    from .checkpoint import CheckpointError, load_config, load_model, require_checkpoint
     from .tokenizer import load_tokenizer
 
     error = error or GenerateError
-    model_dir = str(resolve_checkpoint(model_dir))
+    try:  # a missing path or a non-checkpoint says so before any complaint about its tokenizer
+        model_dir = str(require_checkpoint(model_dir))
+        load_config(model_dir)
+    except CheckpointError as e:
+        raise error(str(e)) from None
     tok_dir = tokenizer_dir or (model_dir if (Path(model_dir) / "tokenizer.json").is_file() else None)
     if tok_dir is None:
         raise error(f"{model_dir} has no tokenizer.json; pass --tokenizer DIR")

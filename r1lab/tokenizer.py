@@ -281,12 +281,16 @@ def hf_tokenizer_config(chat_template: str | None = None) -> dict:
 
 
 def load_tokenizer(path: str | os.PathLike | None = None) -> Tokenizer:
-    """Our shipped tokenizer (``path=None``) or any directory holding a HF ``tokenizer.json``."""
+    """Our shipped tokenizer (``path=None``), any directory holding a HF ``tokenizer.json``,
+    or a shipped model's name (its checkpoint directory, as ``load_model`` takes it)."""
     from tokenizers import Tokenizer as Backend
 
-    directory = SHIPPED_TOKENIZER_DIR if path is None else Path(path)
+    from .checkpoint import SHIPPED_MODELS, resolve_checkpoint
+
+    directory = SHIPPED_TOKENIZER_DIR if path is None else resolve_checkpoint(path)
     if not directory.exists():
-        raise TokenizerError(f"tokenizer directory {directory} does not exist")
+        raise TokenizerError(f"tokenizer path {directory if path is None else path} does not exist (give a tokenizer "
+                             f"or checkpoint directory, or a shipped model name: {', '.join(SHIPPED_MODELS)})")
     if directory.is_file():
         if directory.name != TOKENIZER_FILE:
             raise TokenizerError(f"{directory} is not a tokenizer directory (expected one with {TOKENIZER_FILE})")

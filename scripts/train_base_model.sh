@@ -8,11 +8,14 @@ set -euo pipefail
 OUT=${OUT:-runs/base_tiny}
 r1lab pretrain recipes/base_tiny.yaml --set "out_dir=$OUT"
 python - "$OUT/final" <<'PY'
+import shutil
 import sys
+
 import torch
 from r1lab.checkpoint import SHIPPED_DIR, load_model, save_model
 
 src = sys.argv[1]
 dst = save_model(load_model(src), SHIPPED_DIR / "r1zero-base", tokenizer=src, dtype=torch.bfloat16)
+shutil.copyfile(f"{src}/r1lab.json", dst / "r1lab.json")   # the prompt style and task it was trained with
 print(f"wrote {dst}")
 PY

@@ -177,3 +177,150 @@ def test_hostile_index_and_dtypes(tmp_path):
     save_file(t, ck2 / "model.safetensors")
     with pytest.raises(CheckpointError, match="floating-point"):
         load_model(ck2)
+
+
+# ---------------------------------------------------------------- FP8 block scales (SPEC §9)
+def _quantise_blockwise(w, br, bc, seed=0):
+    """DeepSeek-style FP8 quantisation written as plain loops over blocks: each block gets
+    its own random scale (so a block read with a neighbour's scale is visibly wrong)."""
+    g = torch.Generator().manual_seed(seed)
+    rows, cols = w.shape
+    nr, nc = -(-rows // br), -(-cols // bc)
+    scale = torch.empty(nr, nc)
+    q = torch.empty(rows, cols, dtype=torch.float8_e4m3fn)
+    for i in range(nr):
+        for j in range(nc):
+            block = w[i * br:(i + 1) * br, j * bc:(j + 1) * bc]
+            s = block.abs().max().item() / 448.0 * (1.0 + torch.rand((), generator=g).item())
+            scale[i, j] = s
+            q[i * br:(i + 1) * br, j * bc:(j + 1) * bc] = (block / s).to(torch.float8_e4m3fn)
+    return q, scale
+
+
+def _dequantise_reference(q, scale, br, bc):
+    """Blockwise reference, independent of the implementation: block (i, j) covers rows
+    i*br .. min((i+1)*br, rows) and columns j*bc .. min((j+1)*bc, cols)."""
+    rows, cols = q.shape
+    out = torch.empty(rows, cols)
+    for i in range(0, rows, br):
+        for j in range(0, cols, bc):
+            out[i:i + br, j:j + bc] = q[i:i + br, j:j + bc].float() * scale[i // br, j // bc].item()
+    return out
+
+
+@pytest.mark.parametrize("shape, block", [
+    ((576, 1024), (128, 128)),   # V3's kv_a_proj_with_mqa rows: 4 full row blocks + one of 64 rows
+    ((160, 256), (128, 128)),
+    ((100, 300), (128, 128)),
+    ((100, 300), (64, 32)),      # a non-default weight_block_size
+])
+def test_fp8_ragged_blocks_match_blockwise_reference(shape, block):
+    from r1lab.checkpoint import from_hf_state_dict
+
+    w = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    q, scale = _quantise_blockwise(w, *block)
+    assert scale.shape == (-(-shape[0] // block[0]), -(-shape[1] // block[1]))
+    cfg = preset("tiny").replace(quantization_config={"quant_method": "fp8", "fmt": "e4m3",
+                                                      "weight_block_size": list(block)})
+    name = "model.layers.0.self_attn.kv_a_proj_with_mqa.weight"
+    got = from_hf_state_dict({name: q, name + "_scale_inv": scale}, cfg)
+    assert set(got) == {name}
+    assert torch.equal(got[name], _dequantise_reference(q, scale, *block))
+    assert torch.allclose(got[name], w, rtol=0.07, atol=1e-3)
+
+
+def test_fp8_scale_of_the_wrong_shape_is_a_one_line_error():
+    from r1lab.checkpoint import from_hf_state_dict
+
+    name = "model.layers.0.self_attn.kv_a_proj_with_mqa.weight"
+    q = torch.zeros(576, 1024, dtype=torch.float8_e4m3fn)
+    scale = torch.ones(4, 8)  # 576 rows in 128-row blocks need 5
+    with pytest.raises(CheckpointError) as e:
+        from_hf_state_dict({name: q, name + "_scale_inv": scale}, preset("tiny"))
+    msg = str(e.value)
+    assert "\n" not in msg
+    for part in (name, "(576, 1024)", "(4, 8)", "128×128", "(5, 8)"):
+        assert part in msg
+    cfg = preset("tiny").replace(quantization_config={"weight_block_size": [128]})
+    with pytest.raises(CheckpointError, match="weight_block_size must be two positive integers"):
+        from_hf_state_dict({name: q, name + "_scale_inv": torch.ones(5, 8)}, cfg)
+
+
+@pytest.mark.parametrize("block", [None, [32, 48]])
+def test_fp8_checkpoint_directory_with_ragged_weights_loads(tmp_path, block):
+    """End to end: a checkpoint whose ragged weights (kv_a_proj_with_mqa 80×256, experts'
+    down_proj 256×96, q_b_proj 192×128) are FP8 with the block size of its config.json
+    (DeepSeek's 128×128 when quantization_config does not give one)."""
+    model = build_model(_tiny(), seed=0)
+    save_model(model, tmp_path / "ck")
+    cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
+    if block is not None:
+        cfg["quantization_config"] = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                                      "weight_block_size": block}
+        (tmp_path / "ck" / "config.json").write_text(json.dumps(cfg))
+    br, bc = block or (128, 128)
+    f = tmp_path / "ck" / "model.safetensors"
+    t = load_file(f)
+    names = ["model.layers.0.self_attn.kv_a_proj_with_mqa.weight", "model.layers.2.self_attn.q_b_proj.weight",
+             "model.layers.1.mlp.experts.3.down_proj.weight"]
+    want = {}
+    for i, name in enumerate(names):
+        q, scale = _quantise_blockwise(t[name], br, bc, seed=i)
+        t[name], t[name + "_scale_inv"] = q, scale
+        want[name] = _dequantise_reference(q, scale, br, bc)
+    save_file(t, f)
+    sd = load_model(tmp_path / "ck").state_dict()
+    assert torch.equal(sd[names[0]], want[names[0]])
+    assert torch.equal(sd[names[1]], want[names[1]])
+    assert torch.equal(sd["model.layers.1.mlp.experts.down_proj"][3], want[names[2]])
+    assert torch.allclose(sd[names[0]], model.state_dict()[names[0]], rtol=0.07, atol=1e-4)
+    plain = "model.layers.0.mlp.down_proj.weight"  # not quantised: loaded as stored
+    assert torch.equal(sd[plain], model.state_dict()[plain])
+
+
+# ---------------------------------------------------------------- model paths that do not exist
+@pytest.mark.parametrize("argv", [
+    ["generate", "--model", "{missing}", "--prompt", "hi"],
+    ["eval", "--task", "gsm8k", "--model", "{missing}", "--limit", "1"],
+    ["info", "{missing}"],
+    ["demo", "--base", "{missing}"],
+])
+def test_cli_says_a_missing_model_path_does_not_exist(tmp_path, capsys, argv):
+    from r1lab.cli import main
+
+    missing = str(tmp_path / "nonexistent")
+    code = main([a.replace("{missing}", missing) for a in argv])
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1, err
+    assert err[0].startswith(f"r1lab: error: model path {missing} does not exist (")
+    assert "r1zero-base" in err[0] and "tokenizer" not in err[0]
+    assert "Traceback" not in captured.err + captured.out
+
+
+def test_cli_missing_model_path_in_a_fresh_process(tmp_path):
+    """The installed entry point: exit status 2, one line, no traceback."""
+    import subprocess
+    import sys
+
+    missing = str(tmp_path / "nonexistent")
+    p = subprocess.run([sys.executable, "-m", "r1lab.cli", "generate", "--model", missing, "--prompt", "hi"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == [
+        f"r1lab: error: model path {missing} does not exist (give a checkpoint directory or a shipped model "
+        f"name: r1zero-base)"]
+
+
+def test_library_entry_points_say_a_missing_model_path_does_not_exist(tmp_path):
+    from r1lab.generate import GenerateError, load_model_and_tokenizer
+
+    missing = tmp_path / "nonexistent"
+    with pytest.raises(CheckpointError, match=r"^model path .* does not exist \(give a checkpoint directory"):
+        load_model(missing)
+    with pytest.raises(GenerateError, match=r"^model path .* does not exist"):
+        load_model_and_tokenizer(str(missing))
+    (tmp_path / "file.txt").write_text("not a checkpoint")  # exists, but is no checkpoint directory
+    with pytest.raises(GenerateError, match="is not a directory"):
+        load_model_and_tokenizer(str(tmp_path / "file.txt"))

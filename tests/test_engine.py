@@ -1,6 +1,7 @@
 """The inference engine (issue 5): sampling, paged cache, scheduler; exactness against
 transformers and against the training forward (SPEC §2, §3)."""
 
+import itertools
 import logging
 
 import pytest
@@ -248,6 +249,58 @@ def test_cancel_frees_the_cache(v3, tok):
     assert eng.cache.free_blocks() == total
 
 
+# ----------------------------------------------------------------------- scheduling
+def record_model_tokens(model):
+    """Hook the model's forward: each call appends the absolute positions of the real (not
+    padding) new tokens it processes. Returns (list of position tensors, hook handle)."""
+    calls = []
+
+    def hook(module, args, kwargs):
+        view = kwargs["cache"]
+        calls.append(view.positions.flatten()[view.write_src].cpu())
+
+    return calls, model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+@pytest.mark.parametrize("spec", [False, True])
+def test_n_samples_share_one_prefill(v3, tok, spec):
+    prompt, n, new = PROMPTS[1], 4, 6     # 23 prompt tokens: chunks of 8, 8, 7
+    calls, hook = record_model_tokens(v3)
+    try:
+        (out,) = engine(v3, tok, spec_mtp=spec).generate([prompt], SamplingParams(n=n, temperature=1.0,
+                                                                                  max_tokens=new, seed=0))
+    finally:
+        hook.remove()
+    pos = torch.cat(calls)
+    # every prompt position went through the model exactly once, not once per sample
+    assert sorted(pos[pos < len(prompt)].tolist()) == list(range(len(prompt)))
+    if not spec:   # then the n samples decode on their own: one token each per step
+        assert (pos >= len(prompt)).sum().item() == n * (new - 1)
+    assert all(len(c.token_ids) == new for c in out.outputs)
+    assert len({tuple(c.token_ids) for c in out.outputs}) == n   # forked, then sampled independently
+
+
+def test_decode_continues_while_a_long_prompt_is_prefilled(v3, tok, two_threads):
+    chunk, short, long = 4, PROMPTS[0], list(range(200, 240))   # the long prompt: 10 chunks
+    p = SamplingParams(temperature=0, max_tokens=20)
+    solo = [engine(v3, tok, prefill_chunk=chunk).generate([x], p)[0].outputs[0].token_ids for x in (short, long)]
+    eng = engine(v3, tok, prefill_chunk=chunk)
+    a = eng.add_request(short, p)
+    eng.step()          # the short prompt fits one chunk: prefilled, first token sampled
+    assert len(eng.output(a).outputs[0].token_ids) == 1
+    b = eng.add_request(long, p)
+    long_req = eng.requests[b]
+    per_step = []       # (prompt tokens of the long request prefilled, tokens the short one gained)
+    while long_req.prefilled < len(long):
+        before = (long_req.prefilled, len(eng.output(a).outputs[0].token_ids))
+        eng.step()
+        per_step.append((long_req.prefilled - before[0], len(eng.output(a).outputs[0].token_ids) - before[1]))
+    assert per_step == [(chunk, 1)] * (len(long) // chunk)   # one chunk and one decode token every step
+    while eng.has_unfinished():
+        eng.step()
+    assert [eng.output(r).outputs[0].token_ids for r in (a, b)] == solo
+
+
 # ----------------------------------------------------------------------- prompts and streaming
 def test_text_chat_and_stream(v3, tok):
     eng = engine(v3, tok)
@@ -280,6 +333,41 @@ def test_bad_engine_config_and_prompts(v3, tok):
         eng.generate([[5, 99999]])
     with pytest.raises(EngineError, match="token ids"):
         eng.generate([[5, 6], [5, 99999]])  # all or nothing: the valid first prompt is not left queued
+    assert not eng.has_unfinished() and not eng.requests
+
+
+def test_engine_without_a_tokenizer_takes_token_ids(v3, tok):
+    p = SamplingParams(n=2, temperature=0.8, max_tokens=10, seed=4)
+    bare = engine(v3, None)
+    outs = bare.generate(PROMPTS, p)
+    ref = engine(v3, tok).generate(PROMPTS, p)
+    assert all(tok.eos_token_id not in c.token_ids for o in ref for c in o.outputs)   # so no EOS cut one side
+    assert [[(c.token_ids, c.logprobs, c.finish_reason) for c in o.outputs] for o in outs] == \
+        [[(c.token_ids, c.logprobs, c.finish_reason) for c in o.outputs] for o in ref]
+    assert all(c.text == "" for o in outs for c in o.outputs) and any(c.text for o in ref for c in o.outputs)
+    stop_id = outs[1].outputs[0].token_ids[3]
+    (o,) = bare.generate([PROMPTS[1]], SamplingParams(n=2, temperature=0.8, max_tokens=10, seed=4,
+                                                      stop_token_ids=[stop_id]))
+    c = o.outputs[0]
+    assert c.token_ids[-1] == stop_id and c.finish_reason == "stop" and c.stop_reason == stop_id and c.text == ""
+    greedy = SamplingParams(temperature=0, max_tokens=5)
+    deltas = list(bare.stream([PROMPTS[0]], greedy))
+    (want,) = engine(v3, tok).generate([PROMPTS[0]], greedy)
+    assert [t for d in deltas for t in d.token_ids] == want.outputs[0].token_ids
+    assert all(d.text == "" for d in deltas) and deltas[-1].finish_reason == "length"
+    assert bare.cache.free_blocks() == bare.cache.num_blocks
+
+
+@pytest.mark.parametrize("prompt, params, err", [
+    ("The answer is", None, EngineError),
+    ([{"role": "user", "content": "hi"}], None, EngineError),
+    ([5, 17, 300], SamplingParams(stop=["e"]), SamplingError),
+])
+def test_engine_without_a_tokenizer_refuses_text(v3, prompt, params, err):
+    eng = engine(v3, None)
+    with pytest.raises(err, match="needs? a tokenizer") as e:
+        eng.generate([prompt], params)
+    assert "\n" not in str(e.value)
     assert not eng.has_unfinished() and not eng.requests
 
 
@@ -334,6 +422,45 @@ def test_spec_mtp_greedy_identical_and_logprobs_exact(v3, tok):
             c = out.outputs[0]
             full = torch.tensor([prompt + c.token_ids])
             lp = torch.log_softmax(v3(full).logits.float(), -1)[0, len(prompt) - 1: -1]
+            want = lp.gather(1, torch.tensor(c.token_ids)[:, None]).squeeze(1)
+            assert (torch.tensor(c.logprobs) - want).abs().max().item() < 1e-5
+            assert [list(t) for t in c.top_logprobs] == lp.topk(2, -1).indices.tolist()
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from r1lab.checkpoint import load_model, resolve_checkpoint
+    return load_model("r1zero-base"), load_tokenizer(resolve_checkpoint("r1zero-base"))
+
+
+def test_spec_mtp_accept_path_on_the_shipped_base(shipped):
+    """The random model above rejects nearly every draft; the shipped base was pre-trained with
+    the MTP loss, so its drafts are mostly accepted: this runs the accept path (the draft and
+    a bonus token committed in one step) against plain decoding and the training forward."""
+    from r1lab.tasks import get_task
+
+    model, btok = shipped
+    assert next(model.parameters()).dtype == torch.float32   # stored in bf16, loaded and run in fp32
+    task = get_task("chain_add", terms=10, digits=1, mod=4, solution="prefix", wording="digit_sum")
+    exs = list(itertools.islice(task.examples("test"), 8))
+    # as pre-trained (plain style: the bare question): direct answers, and worked solutions
+    # started with their first running value (the base picks them only ≈ 9 % of the time)
+    prompts = [task.prompt(ex, "plain") for ex in exs[:4]]
+    prompts += [task.prompt(ex, "plain") + " <think> " + ex.meta["solution"][0] for ex in exs[4:]]
+    p = SamplingParams(temperature=0, max_tokens=40, logprobs=2)
+    plain = engine(model, btok).generate(prompts, p)
+    eng = engine(model, btok, spec_mtp=True)
+    assert eng.cache.a.dtype == torch.float32
+    spec = eng.generate(prompts, p)
+    assert [o.outputs[0].token_ids for o in spec] == [o.outputs[0].token_ids for o in plain]
+    assert all(o.outputs[0].finish_reason == "stop" and "</answer>" in o.outputs[0].text for o in spec)
+    # measured: 68 of 68 drafts accepted, on 1 or 2 threads (the random model above: 0 of 88)
+    assert eng.spec_drafted >= 50 and eng.acceptance_rate >= 0.9
+    with torch.no_grad():
+        for out in spec:
+            c, n = out.outputs[0], len(out.prompt_token_ids)
+            full = torch.tensor([out.prompt_token_ids + c.token_ids])
+            lp = torch.log_softmax(model(full).logits.float(), -1)[0, n - 1: -1]
             want = lp.gather(1, torch.tensor(c.token_ids)[:, None]).squeeze(1)
             assert (torch.tensor(c.logprobs) - want).abs().max().item() < 1e-5
             assert [list(t) for t in c.top_logprobs] == lp.topk(2, -1).indices.tolist()

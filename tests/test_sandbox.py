@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import tracemalloc
@@ -27,14 +28,16 @@ from r1lab.rewards import REWARDS
 from r1lab.rewards.code import (
     build_program, code_blocks, code_details, code_reward, extract_code, humaneval_source, normalize_code, split_check,
 )
-from r1lab.rewards.sandbox import Limits, Program, SandboxResult, run_many, run_program
+from r1lab.rewards.sandbox import Limits, Program, SandboxError, SandboxResult, run_many, run_program
+from r1lab.rewards.sandbox import runner as sandbox_runner
+from r1lab.rewards.sandbox.interpreter import choose_interpreter, read_allow_list
 from r1lab.tasks import TASKS, Example, TaskError, get_task
 from r1lab.tasks.code import HUMANEVAL_FILE, MBPP_FILE, MBPP_SPLITS, HumanEval, MBPP
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "benchmarks"
 IS_ROOT = os.geteuid() == 0
-SANDBOX_PY = ROOT / "r1lab" / "rewards" / "sandbox.py"
+SANDBOX_PKG = ROOT / "r1lab" / "rewards" / "sandbox"
 
 FAST = Limits(timeout=5)
 # Only the reliability guard (the code runs as the caller, no kernel layer): what a
@@ -46,12 +49,50 @@ def wrap(code: str) -> str:
     return f"I will write it.\n</think>\n```python\n{code}\n```"
 
 
+def _caller_state() -> dict:
+    """What a sandbox run must never change in the process that calls it."""
+    import resource
+    import signal
+    umask = os.umask(0o022)
+    os.umask(umask)
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return {
+        "rlimits": {name: resource.getrlimit(getattr(resource, name)) for name in dir(resource)
+                    if name.startswith("RLIMIT_")},
+        "ids": (os.getuid(), os.geteuid(), os.getgid(), os.getegid(), sorted(os.getgroups())),
+        "cwd": os.getcwd(), "env": dict(os.environ), "umask": umask, "session": (os.getpgrp(), os.getsid(0)),
+        "signals": {int(sig): signal.getsignal(sig) for sig in (signal.SIGXFSZ, signal.SIGXCPU, signal.SIGPIPE)},
+        "namespaces": {ns: os.readlink(f"/proc/self/ns/{ns}") for ns in ("net", "pid", "user", "mnt")},
+        # Landlock and seccomp set no_new_privs and a filter on the process that applies them
+        "kernel": {k: status.get(k, "").strip() for k in ("NoNewPrivs", "Seccomp", "Seccomp_filters")},
+        "open_fds": len(os.listdir("/proc/self/fd")),
+    }
+
+
 def probe_layers() -> tuple[str, ...]:
     return run_program(Program("pass", tests=["assert True"]), FAST).isolation
 
 
+# before this process runs any sandbox: a change that sticks after the first run shows here
+CALLER_AT_START = _caller_state()
 LAYERS = probe_layers()
 LANDLOCK_ABI = max([int(n[len("landlock"):]) for n in LAYERS if n.startswith("landlock")] or [0])
+
+
+def kernel_landlock_abi() -> int:
+    """The kernel's own answer (not the sandbox's), so that a sandbox that stopped applying
+    Landlock fails test_isolation_layers_in_force instead of skipping the Landlock tests."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    return max(0, libc.syscall(ctypes.c_long(444), None, ctypes.c_long(0), ctypes.c_long(1)))
+
+
+def kernel_has_seccomp_filters() -> bool:
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    in_status = "Seccomp_filters:" in Path("/proc/self/status").read_text()
+    return libc.prctl(21, 0, 0, 0, 0) >= 0 and in_status and os.uname().machine in ("x86_64", "aarch64")
 
 
 def leftover_processes(result: SandboxResult, wait: float = 3.0) -> list[str]:
@@ -146,17 +187,27 @@ def test_program_errors_and_bindings():
 
 
 def test_hash_seed_is_fixed():
-    prog = Program("order = ''.join({'alpha': 1, 'beta': 2, 'gamma': 3, 'delta': 4}.keys())\n"
-                   "s = ','.join(sorted({'x', 'y'}, key=hash))\nprint(s)", tests=["assert True"])
-    outs = {run_program(prog, FAST).stdout for _ in range(3)}
-    assert len(outs) == 1
+    # the hashes a fresh interpreter gives with PYTHONHASHSEED=0, against the sandbox's, on
+    # the same interpreter: any other seed (or a random one) gives other values
+    words = ["alpha", "beta", "gamma", "x", "y"]
+    python = choose_interpreter(None, IS_ROOT)[0] or sys.executable
+    ref = subprocess.run([python, "-S", "-c", f"print([hash(w) for w in {words!r}])"], capture_output=True,
+                         text=True, env={"PYTHONHASHSEED": "0", "PATH": "/usr/bin:/bin"}, timeout=60).stdout
+    prog = Program(f"print([hash(w) for w in {words!r}])", tests=["assert True"])
+    runs = [run_program(prog, FAST) for _ in range(2)]
+    assert all(r.status == "passed" for r in runs), runs
+    assert ref.strip() and [r.stdout for r in runs] == [ref, ref]
 
 
 def test_isolation_layers_in_force():
-    print("isolation:", LAYERS)
+    print("isolation:", LAYERS, "kernel Landlock ABI:", kernel_landlock_abi())
     assert "guard" in LAYERS
     if IS_ROOT:
         assert {"uid", "netns", "pidns"} <= set(LAYERS), LAYERS
+    # every layer the kernel offers is in force (otherwise the tests that need it would skip)
+    assert LANDLOCK_ABI == kernel_landlock_abi(), LAYERS
+    if kernel_has_seccomp_filters():
+        assert "seccomp" in LAYERS, LAYERS
 
 
 # ---------------------------------------------------------------------- hostile programs
@@ -348,6 +399,192 @@ def test_dropped_uid_alone_protects_the_callers_files(tmp_path):
     _assert_unharmed(d, f)
 
 
+# ---------------------------------------------------------------------- reading the host
+# Routes to a file's content; each one records what it read. Run with the guard off, the
+# kernel (Landlock) alone must refuse every one of them.
+READERS = {
+    "open": "data = open(P).read()",
+    "pathlib": "data = pathlib.Path(P).read_text()",
+    "os.open": "data = os.read(os.open(P, os.O_RDONLY), 4096).decode()",
+    "io.FileIO": "import io; data = io.FileIO(P).read().decode()",
+    "linecache": "import linecache; data = linecache.getline(P, 1); assert data",
+    "proc-root": "data = open('/proc/self/root' + P).read()",
+    "O_PATH-reopen": "fd = os.open(P, os.O_PATH); data = open('/proc/self/fd/%d' % fd).read()",
+    "dir_fd": "fd = os.open(os.path.dirname(P), os.O_RDONLY); "
+              "data = os.read(os.open(os.path.basename(P), os.O_RDONLY, dir_fd=fd), 4096).decode()",
+    "symlink": "os.symlink(P, 'link'); data = open('link').read()",
+    "hardlink": "os.link(P, 'hard'); data = open('hard').read()",
+    "shutil.copy": "shutil.copy(P, 'copied'); data = open('copied').read()",
+    "listdir": "data = ' '.join(os.listdir(os.path.dirname(P))); assert data",
+    "os.system": "assert os.system('cat ' + P) == 0; data = ''",
+    "ctypes": "import ctypes; libc = ctypes.CDLL(None); fd = libc.open(P.encode(), 0); assert fd >= 0; "
+              "data = os.read(fd, 4096).decode()",
+}
+
+
+def _reader_program(path: Path) -> Program:
+    """Every reader on ``path``; prints what each one read (to stdout and stderr), then the
+    names of the refused ones (those that raised)."""
+    lines = [f"import os, pathlib, shutil, sys\nP = {str(path)!r}\nerrors = {{}}\ngot = []"]
+    for name, stmt in READERS.items():
+        lines.append(f"try:\n    {stmt}\n    got.append({name!r})\n    print(data); print(data, file=sys.stderr)\n"
+                     f"except BaseException as e:\n    errors[{name!r}] = type(e).__name__")
+    lines.append("print(repr(sorted(errors)))")
+    return Program("\n".join(lines), tests=["assert not got"])
+
+
+@pytest.fixture
+def secrets_on_host(tmp_path):
+    """Two world-readable secret files outside any sandbox folder: one in the system temp
+    folder, one in a folder standing for a home folder (~/.config/token)."""
+    token = "R1LAB-SECRET-" + os.urandom(8).hex()
+    fd, name = tempfile.mkstemp(prefix="r1lab-test-secret-", dir=tempfile.gettempdir())
+    os.write(fd, (token + "\n").encode())
+    os.close(fd)
+    in_tmp = Path(name)
+    home_file = tmp_path / "home" / ".config" / "token"
+    home_file.parent.mkdir(parents=True)
+    home_file.write_text(token + "\n")
+    for p in (in_tmp, home_file):
+        os.chmod(p, 0o644)
+    try:
+        yield token, [in_tmp, home_file]
+    finally:
+        in_tmp.unlink()
+
+
+def _leaks(r: SandboxResult, token: str) -> bool:
+    return token in r.stdout or token in r.stderr or token in r.error or token in repr(r)
+
+
+@pytest.mark.skipif(not kernel_landlock_abi(), reason="reads are restricted by Landlock, which this kernel lacks")
+@pytest.mark.parametrize("layers", ["all", "landlock-only"])
+def test_programs_cannot_read_host_files(secrets_on_host, layers):
+    token, paths = secrets_on_host
+    # landlock-only: no guard, the caller's own uid (root here: file permissions do not help)
+    opts = {} if layers == "all" else dict(guard=False, drop_privileges=False, seccomp=False, namespaces=False)
+    for path in paths:
+        r = run_program(_reader_program(path), FAST, **opts)
+        assert r.status == "passed", r                      # "assert not got": no reader read anything
+        assert not _leaks(r, token), r
+        refused = eval(r.stdout.strip().splitlines()[-1])
+        assert set(refused) == set(READERS), set(READERS) - set(refused)
+        if layers == "landlock-only":
+            # the same program without Landlock reads the secret: the readers above are real
+            r = run_program(_reader_program(path), FAST, **{**opts, "landlock": False})
+            assert r.status == "failed" and _leaks(r, token), r
+
+
+@pytest.mark.skipif(not kernel_landlock_abi(), reason="reads are restricted by Landlock, which this kernel lacks")
+def test_listing_the_host_gets_nothing(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "notes.txt").write_text("private")
+    venv = Path(sys.prefix)
+    targets = ["/", "/etc", "/home", "/root", "/usr", "/proc", "/var", tempfile.gettempdir(), str(home), str(ROOT)]
+    if venv != Path(sys.base_prefix):                        # a virtual environment (its site-packages)
+        targets.append(str(Path(pytest.__file__).parent))
+    code = textwrap.dedent(f"""\
+        import os, glob, json
+        refused, seen = {{}}, {{}}
+        for d in {targets!r}:
+            try:
+                seen[d] = os.listdir(d)
+            except OSError as e:
+                refused[d] = type(e).__name__
+            if glob.glob(os.path.join(d, "*")):
+                seen.setdefault(d, "glob")
+        import json as stdlib_module                       # the standard library stays readable
+        own = open(stdlib_module.__file__).read(100)
+        open("mine.txt", "w").write("x")
+        print(json.dumps({{"refused": refused, "seen": seen, "own": sorted(os.listdir("."))}}))
+        """)
+    opts = dict(guard=False, drop_privileges=False)
+    r = run_program(Program(code, tests=["assert not seen"]), FAST, **opts)
+    assert r.status == "passed", r
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert sorted(out["refused"]) == sorted(targets) and set(out["refused"].values()) == {"PermissionError"}, out
+    assert out["own"] == ["mine.txt"]
+    assert "notes.txt" not in r.stdout
+    # without Landlock the same program lists them
+    r = run_program(Program(code, tests=["assert not seen"]), FAST, **opts, landlock=False)
+    assert r.status == "failed" and "notes.txt" in r.stdout, r
+
+
+def test_read_allow_list_is_narrow():
+    """What the sandbox may read: the interpreter's own files and the library folders, never
+    / or a top-level folder, the checkout, the home or temp folder, or a virtual environment."""
+    private = [ROOT.resolve()]                               # no folder inside them either
+    if sys.prefix != sys.base_prefix:
+        private.append(Path(sys.prefix).resolve())
+    keep = [*private, Path.home().resolve(), Path(tempfile.gettempdir()).resolve()]
+    for python in {choose_interpreter(None, IS_ROOT)[0] or sys.executable, sys.executable}:
+        paths = [Path(p) for p in read_allow_list(python)]
+        print(python, [str(p) for p in paths])
+        for p in paths:
+            assert p.is_absolute() and p.exists(), p
+            assert p.parent != Path("/") or str(p) in ("/lib", "/lib64"), p
+            for k in keep:
+                assert not (k == p or p in k.parents), (p, k)
+            for k in private:
+                assert not (p.is_dir() and k in p.parents), (p, k)
+        stdlib = subprocess.run([python, "-S", "-c", "import os; print(os.path.dirname(os.__file__))"],
+                                capture_output=True, text=True, timeout=60).stdout.strip()
+        assert any(Path(stdlib) == p or p in Path(stdlib).parents for p in paths), (stdlib, paths)
+
+
+STDLIB_PROGRAM = textwrap.dedent("""\
+    import math, re, collections, itertools, json, heapq, functools, fractions, decimal, random, datetime, string
+    import bisect, statistics, hashlib, array, operator, typing, copy, dataclasses, enum, struct, zlib, unicodedata
+    import bz2, lzma, sqlite3                # extension modules that load a shared library on import
+
+    def primes(n):
+        return [p for p in range(2, n) if all(p % d for d in range(2, math.isqrt(p) + 1))]
+
+    def words(text):
+        return collections.Counter(re.findall(r"[a-z]+", text.lower())).most_common(2)
+
+    def k_smallest(xs, k):
+        return heapq.nsmallest(k, xs)
+
+    @functools.lru_cache(maxsize=None)
+    def fib(n):
+        return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+    r = random.Random(0)
+    sample = [r.randint(0, 9) for _ in range(5)]
+    """)
+STDLIB_TESTS = [
+    "assert primes(20) == [2, 3, 5, 7, 11, 13, 17, 19]",
+    "assert words('a b a c b a') == [('a', 3), ('b', 2)]",
+    "assert k_smallest([5, 1, 4, 2], 2) == [1, 2]",
+    "assert fib(80) == 23416728348467685",
+    "assert list(itertools.accumulate([1, 2, 3])) == [1, 3, 6]",
+    "assert json.loads(json.dumps({'a': [1, 2]})) == {'a': [1, 2]}",
+    "assert fractions.Fraction(1, 3) + fractions.Fraction(1, 6) == fractions.Fraction(1, 2)",
+    "assert str(decimal.Decimal(1) / decimal.Decimal(8)) == '0.125'",
+    "assert len(sample) == 5 and all(0 <= x <= 9 for x in sample)",
+    "assert datetime.date(2024, 3, 1) - datetime.timedelta(days=1) == datetime.date(2024, 2, 29)",
+    "assert string.ascii_lowercase[:3] == 'abc' and string.Template('$x!').substitute(x='hi') == 'hi!'",
+    "assert statistics.median([3, 1, 2]) == 2 and bisect.bisect([1, 3, 5], 4) == 2",
+    "assert hashlib.sha256(b'abc').hexdigest().startswith('ba7816bf')",
+    "assert zlib.decompress(zlib.compress(b'x' * 100)) == b'x' * 100 and unicodedata.name('a') == 'LATIN SMALL LETTER A'",
+    "assert lzma.decompress(lzma.compress(b'ab' * 50)) == b'ab' * 50 and bz2.decompress(bz2.compress(b'c')) == b'c'",
+    "assert sqlite3.connect(':memory:').execute('select 6 * 7').fetchone() == (42,)",
+]
+
+
+@pytest.mark.parametrize("interpreter", ["default", "caller"])
+def test_normal_programs_work_with_reads_restricted(interpreter):
+    # default: what the code reward uses (a world-readable interpreter and a fresh uid for a
+    # root caller); caller: this process's interpreter (a venv or pyenv one) under its own uid
+    opts = {} if interpreter == "default" else dict(python=sys.executable, drop_privileges=False)
+    r = run_program(Program(STDLIB_PROGRAM, tests=STDLIB_TESTS), FAST, **opts)
+    assert r.status == "passed" and r.passed == len(STDLIB_TESTS), r
+    if kernel_landlock_abi():
+        assert any(n.startswith("landlock") for n in r.isolation), r.isolation
+
+
 def _listener():
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.bind(("127.0.0.1", 0))
@@ -454,8 +691,8 @@ def test_huge_file_is_stopped_by_the_file_size_limit():
         """)
     r = run_program(Program(code, tests=["assert True"]), Limits(timeout=10, max_file_mb=8))
     assert r.score == 0 and r.status == "error" and "File too large" in r.error, r
-    cwd = r.stdout.strip().splitlines()[0]
-    assert cwd.startswith(os.path.join(os.path.realpath("/tmp"), "r1lab-sandbox-")) or "r1lab-sandbox-" in cwd
+    cwd = Path(r.stdout.strip().splitlines()[0])
+    assert cwd.name.startswith("r1lab-sandbox-") and cwd.parent == Path(tempfile.gettempdir()).resolve(), cwd
     assert not os.path.exists(cwd), "the sandbox directory was not removed"
 
 
@@ -492,28 +729,38 @@ def test_unprivileged_caller(tmp_path):
     """The sandbox used by a non-root caller (no uid to drop): the guard, Landlock and, where
     the kernel allows unprivileged user namespaces, netns/pidns; RLIMIT_NPROC is set relative
     to the caller's own process count. The caller's own files are the ones at risk here."""
-    from r1lab.rewards.sandbox import _interpreter
-    python = _interpreter(None, True)[0]
+    from r1lab.rewards.sandbox.interpreter import choose_interpreter
+    python = choose_interpreter(None, True)[0]
     if not python:
         pytest.skip("no interpreter readable by another uid")
     uid = 0x5F000000 + os.getpid() % 100000
-    home = tmp_path / "home"
+    # the demoted caller's home and a copy of the sandbox it can read whatever the checkout's
+    # permissions (CI clones into a 0700 temp dir), in a folder of /tmp that every uid can
+    # reach (tmp_path's parents are 0700: files there would be out of its reach anyway)
+    base = Path(tempfile.mkdtemp(prefix="r1lab-test-caller-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    home = base / "home"
     home.mkdir()
     d, f = _sentinel(home)
-    for p in (tmp_path, home, d, f):
+    token = "R1LAB-SECRET-" + os.urandom(8).hex()
+    secret = home / "secret-token"
+    secret.write_text(token)
+    os.chmod(secret, 0o600)                                  # the caller's own file, readable only by it
+    for p in (tmp_path, home, d, f, secret):
         os.chown(p, uid, uid)
     os.chmod(tmp_path, 0o755)
-    # a copy the demoted caller can read whatever the checkout's permissions (CI clones into a
-    # 0700 temp dir); opened relative to its cwd, since tmp_path's parents may be 0700 too
-    shutil.copyfile(SANDBOX_PY, tmp_path / "sandbox_under_test.py")
-    os.chmod(tmp_path / "sandbox_under_test.py", 0o644)
+    lib = base / "lib"
+    lib.mkdir()
+    copy = lib / "sandbox_under_test"
+    shutil.copytree(SANDBOX_PKG, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    for p in (lib, copy, *copy.iterdir()):
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
     srv = _listener()
     script = textwrap.dedent(f"""\
-        import importlib.util, json, os, sys
-        import types
-        sb = types.ModuleType("sandbox"); sys.modules["sandbox"] = sb
-        exec(compile(open("sandbox_under_test.py").read(), "sandbox.py", "exec"), sb.__dict__)
-        out = {{}}
+        import json, os, sys
+        sys.path.insert(0, {str(lib)!r})
+        import sandbox_under_test as sb
+        out = {{"reach": [os.access(sys.argv[6], os.W_OK | os.X_OK), len(open(sys.argv[7]).read())]}}
         r = sb.run_program(sb.Program(sys.argv[1], tests=["assert succeeded"]), sb.Limits(timeout=5), guard=False)
         out["delete"] = [r.status, list(r.isolation)]
         r = sb.run_program(sb.Program(sys.argv[2], tests=["assert connected"]), sb.Limits(timeout=5), guard=False)
@@ -527,6 +774,11 @@ def test_unprivileged_caller(tmp_path):
         r = sb.run_program(sb.Program(sys.argv[4], tests=["assert n <= 8", "assert n >= 3"]),
                            sb.Limits(timeout=5, max_processes=8), guard=False, namespaces=False)
         out["nproc-no-namespaces"] = [r.status, r.error, r.pid, list(r.isolation)]
+        r = sb.run_program(sb.Program(sys.argv[5], tests=["assert not got"]), sb.Limits(timeout=5), guard=False)
+        out["read"] = [r.status, r.stdout + r.stderr + r.error, list(r.isolation)]
+        r = sb.run_program(sb.Program(sys.argv[5], tests=["assert not got"]), sb.Limits(timeout=5), guard=False,
+                           landlock=False)
+        out["read-without-landlock"] = [r.status, r.stdout + r.stderr + r.error]
         r = sb.run_program(sb.Program("def f():\\n    return 1", tests=["assert f() == 1"]), sb.Limits(timeout=5))
         out["after"] = r.status
         print(json.dumps(out))
@@ -539,12 +791,14 @@ def test_unprivileged_caller(tmp_path):
         os.setgid(uid)
         os.setuid(uid)
     try:
-        proc = subprocess.run([python, "-S", "-c", script, deleter, net, FORK_BOMB, FORK_COUNTER],
+        reader = _reader_program(secret).code
+        proc = subprocess.run([python, "-S", "-c", script, deleter, net, FORK_BOMB, FORK_COUNTER, reader, d, secret],
                               capture_output=True, text=True,
                               timeout=120, preexec_fn=demote, cwd=str(tmp_path), env={"PATH": "/usr/bin:/bin"})
         assert proc.returncode == 0, proc.stderr[-3000:]
         out = json.loads(proc.stdout.strip().splitlines()[-1])
         print("unprivileged caller:", out)
+        assert out["reach"] == [True, len(token)]           # the files are its own: only the sandbox stops it
         assert out["delete"][0] == "failed"
         _assert_unharmed(d, f)
         assert out["net"][0] == "failed" and _no_connection(srv)
@@ -554,12 +808,156 @@ def test_unprivileged_caller(tmp_path):
         assert out["nproc-no-namespaces"][0] == "passed", out["nproc-no-namespaces"]
         assert not leftover_processes(SandboxResult("passed", 0, 1, pid=out["nproc-no-namespaces"][2]))
         assert out["after"] == "passed"
+        if kernel_landlock_abi():                            # the caller's own secret stays unread
+            assert out["read"][0] == "passed" and token not in out["read"][1], out["read"]
+        assert token in out["read-without-landlock"][1]      # which it is not without Landlock
         bomb = SandboxResult("timeout", 0, 1, pid=out["bomb"][1])
         assert not leftover_processes(bomb)
         assert not leftover_processes(SandboxResult("timeout", 0, 1, uid=uid))
     finally:
         srv.close()
         subprocess.run(["pkill", "-KILL", "-U", str(uid)], check=False)   # only that test uid, if anything is left
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------- missing layers: warned once, or refused
+# Each simulates a kernel without the layer by changing the child's system call to one the
+# kernel does not know (ENOSYS) or an option it rejects (EINVAL), as such a kernel answers.
+MISSING_LAYER = {
+    "landlock": ("abi = sc(L(_LL_SYS_CREATE_RULESET), None, L(0), L(1))",
+                 "abi = sc(L(_LL_SYS_CREATE_RULESET + 100000), None, L(0), L(1))", "ENOSYS"),
+    "seccomp": ("if libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) != 0:",
+                "if libc.prctl(22 + 100000, 2, ctypes.byref(fprog), 0, 0) != 0:", "EINVAL"),
+}
+
+
+@pytest.fixture
+def without_layer(monkeypatch, caplog):
+    def simulate(layer):
+        old, new, _ = MISSING_LAYER[layer]
+        assert sandbox_runner._HARNESS.count(old) == 1
+        monkeypatch.setattr(sandbox_runner, "_HARNESS", sandbox_runner._HARNESS.replace(old, new))
+        monkeypatch.setattr(sandbox_runner, "_warned", set())      # a fresh process, as far as warnings go
+        caplog.set_level("WARNING", logger="r1lab.rewards.sandbox")
+        return caplog
+    return simulate
+
+
+def _layer_attack(layer: str, tmp_path: Path) -> tuple[Program, callable]:
+    """A program that only the missing layer would stop (the guard is off and the code runs
+    as the caller), and a check of whether it got through: Landlock stops writing a file
+    outside the sandbox folder, seccomp stops chmod of the caller's file."""
+    victim = tmp_path / "victim"
+    victim.write_text("x")
+    os.chmod(victim, 0o644)
+    if layer == "landlock":
+        code = f"open({str(victim)!r}, 'w').write('changed')"
+        return Program(f"try:\n    {code}\nexcept OSError:\n    pass", tests=["assert True"]), \
+            lambda: victim.read_text() == "changed"
+    code = f"import os; os.chmod({str(victim)!r}, 0o600)"
+    return Program(f"try:\n    {code}\nexcept OSError:\n    pass", tests=["assert True"]), \
+        lambda: victim.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("layer", ["landlock", "seccomp"])
+def test_missing_layer_is_warned_once(without_layer, tmp_path, layer):
+    prog, got_through = _layer_attack(layer, tmp_path)
+    opts = dict(guard=False, drop_privileges=False)
+    r = run_program(prog, FAST, **opts)                      # the layer in force: the attack is stopped
+    assert r.status == "passed" and not got_through(), r
+    caplog = without_layer(layer)
+    results = [run_program(prog, FAST, **opts) for _ in range(3)]
+    assert all(r.status == "passed" for r in results), results
+    assert got_through()                                     # less isolation, really
+    assert all(not any(n.startswith(layer) for n in r.isolation) for r in results)
+    assert MISSING_LAYER[layer][2] in dict(results[0].missing_layers)[layer], results[0].missing_layers
+    warnings = [rec for rec in caplog.records if rec.name == "r1lab.rewards.sandbox"]
+    assert len(warnings) == 1, [w.getMessage() for w in warnings]
+    msg = warnings[0].getMessage()
+    assert warnings[0].levelname == "WARNING" and "\n" not in msg
+    assert f"{layer} is not in force" in msg and MISSING_LAYER[layer][2] in msg
+    assert "require: [landlock, seccomp]" in msg
+
+
+@pytest.mark.parametrize("layer", ["landlock", "seccomp"])
+def test_require_refuses_to_run_without_the_layer(without_layer, tmp_path, layer):
+    prog, got_through = _layer_attack(layer, tmp_path)
+    caplog = without_layer(layer)
+    with pytest.raises(SandboxError, match=f"required isolation missing: {layer} .*{MISSING_LAYER[layer][2]}"):
+        run_program(prog, FAST, guard=False, drop_privileges=False, require=["landlock", "seccomp"])
+    assert not got_through()                                 # no user code ran
+    # the code reward and the task: a one-line RewardError, not a zero reward
+    from r1lab.rewards import RewardError
+    ex = MBPP().load("prompt")[0]
+    comp = wrap(ex.meta["code"])
+    assert code_reward([comp], [ex], timeout=5) == [1.0]      # without require: runs, with a warning
+    with pytest.raises(RewardError, match=f"code reward: .*required isolation missing: {layer}") as info:
+        code_reward([comp], [ex], timeout=5, require=[layer])
+    assert "\n" not in str(info.value)
+    with pytest.raises(RewardError, match=f"required isolation missing: {layer}"):
+        MBPP(require=f"{layer}").score([comp], [ex])
+    assert len([r for r in caplog.records if r.name == "r1lab.rewards.sandbox"]) == 1
+
+
+def test_require_option_is_checked():
+    from r1lab.rewards import CombinedReward, RewardError
+    ok = Program("def f():\n    return 1", tests=["assert f() == 1"])
+    available = [n for n in ("landlock", "seccomp", "netns", "pidns", "uid")
+                 if any(x.startswith(n) for x in LAYERS)]
+    assert run_program(ok, FAST, require=available).status == "passed"
+    assert run_program(ok, FAST, require=",".join(available)).status == "passed"
+    with pytest.raises(SandboxError, match="unknown isolation layer.*'landlok'.*choose from landlock"):
+        run_program(ok, FAST, require=["landlok"])
+    with pytest.raises(SandboxError, match="require must be a list"):
+        run_program(ok, FAST, require=[1])
+    with pytest.raises(SandboxError, match="landlock but that layer is switched off"):
+        run_program(ok, FAST, landlock=False, require=["landlock"])
+    ex = MBPP().load("prompt")[0]
+    with pytest.raises(RewardError, match="^code reward: require: unknown isolation layer"):
+        code_reward([wrap(ex.meta["code"])], [ex], require=["selinux"])
+    with pytest.raises(TaskError, match="^mbpp: require: unknown isolation layer"):
+        MBPP(require=["selinux"])
+    with pytest.raises(TaskError, match="^humaneval: require: unknown"):
+        get_task("humaneval", require="landlock,apparmor")
+    total, _ = CombinedReward({"code": {"options": {"require": available}}})([wrap(ex.meta["code"])], [ex])
+    assert total == [1.0]
+
+
+# ---------------------------------------------------------------------- the code reward reads example dicts
+def test_code_reward_reads_gold_from_example_dicts():
+    from r1lab.rewards import CombinedReward, RewardError
+    humaneval_gold = {"format": "humaneval", "entry_point": "add",
+                      "prompt": 'def add(a: int, b: int) -> int:\n    """Add two numbers."""\n',
+                      "test": "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(2, 0) == 2\n"}
+    mbpp_gold = {"format": "mbpp", "test_setup_code": "", "challenge_test_list": [],
+                 "test_list": ["assert is_even(4) is True", "assert is_even(3) is False"]}
+    examples = [{"question": "Write add.", "gold": humaneval_gold}] * 2 + [{"question": "Write is_even.",
+                                                                           "gold": mbpp_gold}] * 2
+    completions = [wrap("def add(a, b):\n    return a + b"), wrap("def add(a, b):\n    return a - b"),
+                   wrap("def is_even(n):\n    return n % 2 == 0"), wrap("def is_even(n):\n    return n % 2 == 1")]
+    assert code_reward(completions, examples) == [1.0, 0.0, 1.0, 0.0]
+    # the same as Example objects, as bare gold dicts and with the gold as JSON text
+    as_examples = [Example("t", e["question"], e["gold"]) for e in examples]
+    assert code_reward(completions, as_examples) == [1.0, 0.0, 1.0, 0.0]
+    assert code_reward(completions, [e["gold"] for e in examples]) == [1.0, 0.0, 1.0, 0.0]
+    as_text = [{"question": e["question"], "gold": json.dumps(e["gold"])} for e in examples]
+    assert code_reward(completions, as_text) == [1.0, 0.0, 1.0, 0.0]
+    details = code_details(completions[:2], examples[:2])
+    assert [(r.passed, r.total) for r in details] == [(2, 2), (1, 2)]     # a - b is right for (2, 0)
+    # real benchmark examples, as dicts, with their reference solutions
+    he, mb = HumanEval().load()[0], MBPP().load()[0]
+    real = [{"question": he.question, "gold": he.gold}, {"question": mb.question, "gold": mb.gold}]
+    refs = [wrap(he.gold["prompt"] + he.meta["canonical_solution"]), wrap(mb.meta["code"])]
+    assert code_reward(refs, real) == [1.0, 1.0]
+    assert code_reward(refs[::-1], real) == [0.0, 0.0]
+    total, per = CombinedReward(["code"])(refs, real)
+    assert total == [1.0, 1.0]
+    with pytest.raises(RewardError, match="has a 'question' but no 'gold'"):
+        code_reward(refs[:1], [{"question": he.question}])
+    with pytest.raises(RewardError, match="gold is text but not JSON"):
+        code_reward(refs[:1], [{"question": he.question, "gold": "def check(c): pass"}])
+    with pytest.raises(RewardError, match="gold must be a dict of tests, got list"):
+        code_reward(refs[:1], [{"question": he.question, "gold": [1, 2]}])
 
 
 # ---------------------------------------------------------------------- HumanEval specifics
@@ -731,11 +1129,42 @@ def test_unsplit_check_agrees_with_split_check():
 
 
 # ---------------------------------------------------------------------- the caller is fine afterwards
-def test_caller_is_unharmed_after_the_hostile_programs():
-    r = run_program(Program("def f(x):\n    return x + 1", tests=["assert f(1) == 2"]), FAST)
-    assert r.status == "passed"
-    assert shutil.which("python3") or sys.executable      # the caller can still look things up
-    os.kill(os.getpid(), 0)                               # and is alive, with its limits untouched
-    import resource
-    assert resource.getrlimit(resource.RLIMIT_AS)[0] == resource.RLIM_INFINITY or \
-        resource.getrlimit(resource.RLIMIT_AS)[0] > 2**34
+CALLER_TAMPERING = """
+import os, resource, signal
+os.umask(0)
+os.environ["R1LAB_TAMPERED"] = "1"
+os.chdir("/")
+resource.setrlimit(resource.RLIMIT_NOFILE, (16, 16))
+resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30))
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+try:
+    os.setsid()
+except OSError:
+    pass
+"""
+
+
+def test_caller_is_unharmed_after_the_hostile_programs(tmp_path):
+    before = _caller_state()
+    programs = [Program(CALLER_TAMPERING, tests=["assert True"]), Program("while True: pass", tests=["assert True"]),
+                Program("x = bytearray(10**10)", tests=["assert True"]), Program(FORK_COUNTER, tests=["assert True"]),
+                Program("def f(x):\n    return x + 1", tests=["assert f(1) == 2"])]
+    results = run_many(programs, Limits(timeout=2), max_workers=2, guard=False)
+    assert [r.status for r in results] == ["passed", "timeout", "memory", "passed", "passed"], results
+    r = run_program(Program(CALLER_TAMPERING, tests=["assert True"]), FAST)      # and with the guard
+    assert r.status == "passed", r
+    after = _caller_state()
+    for key in before:
+        assert after[key] == before[key], key
+    for key in ("rlimits", "ids", "cwd", "umask", "session", "signals", "namespaces", "kernel"):
+        assert after[key] == CALLER_AT_START[key], key
+    # and it can still do what the programs were kept from doing: write its files, start
+    # processes, listen on the loopback interface (still its own network namespace)
+    f = tmp_path / "still-writable.txt"
+    f.write_text("ok")
+    assert f.read_text() == "ok"
+    assert subprocess.run([sys.executable, "-c", "print(6 * 7)"], capture_output=True, text=True,
+                          timeout=60).stdout == "42\n"
+    srv = _listener()
+    srv.close()

@@ -17,7 +17,7 @@ import pytest
 from r1lab.reasoning import last_boxed
 from r1lab.rewards.math import final_answer, get_verifier
 from r1lab.tasks import TASKS, Example, TaskError, get_task
-from r1lab.tasks.math import PACKAGE_BENCHMARKS, SHARED_BENCHMARKS, MathTask
+from r1lab.tasks.math import PACKAGE_BENCHMARKS, MathTask
 from r1lab.tokenizer import MATH_SUFFIX, r1_zero_prompt
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "benchmarks"
@@ -56,6 +56,11 @@ def test_benchmarks_load_from_the_package(loaded, name):
 @pytest.mark.parametrize("name", COUNTS)
 def test_packaged_copies_are_unchanged(name):
     assert filecmp.cmp(PACKAGE_BENCHMARKS / FILES[name], SHARED / FILES[name], shallow=False)
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="no shared data folder")
+def test_packaged_gsm8k_train_is_unchanged():
+    assert filecmp.cmp(PACKAGE_BENCHMARKS / "gsm8k_train.jsonl", SHARED / "gsm8k_train.jsonl", shallow=False)
 
 
 def test_packaged_readme_says_where_the_files_came_from():
@@ -194,23 +199,18 @@ def test_answer_key(loaded):
 def test_gsm8k_train_split(tmp_path):
     task = get_task("gsm8k")
     assert task.splits == ("test", "train")
-    shared = [d / "gsm8k_train.jsonl" for d in SHARED_BENCHMARKS if (d / "gsm8k_train.jsonl").is_file()]
-    if shared:
-        exs = task.load("train", limit=3)
-        assert len(exs) == 3 and exs[0].id == "gsm8k/train/0"
+    exs = task.load("train")                        # shipped in the package: no ../shared needed
+    assert len(exs) == 7473 and exs[0].id == "gsm8k/train/0"
+    assert task.file("train") == PACKAGE_BENCHMARKS / "gsm8k_train.jsonl"
+    assert exs[0].question.startswith("Natalia sold clips") and exs[0].gold == "72"
+    test_questions = {e.question for e in task.load("test")}
+    assert not test_questions & {e.question for e in exs}    # the splits are disjoint
     p = tmp_path / "mini.jsonl"
     p.write_text(json.dumps({"question": "q?", "answer": "work\n#### 1,234"}) + "\n", encoding="utf-8")
     assert [e.gold for e in get_task("gsm8k", path=p).load("train")] == ["1234"]
     assert [e.gold for e in get_task("gsm8k", path=str(p)).load()] == ["1234"]     # path= overrides test too
     with pytest.raises(TaskError, match="no split 'dev'"):
         task.load("dev")
-
-
-def test_gsm8k_train_missing_says_what_to_do(monkeypatch):
-    import r1lab.tasks.math as tm
-    monkeypatch.setattr(tm, "SHARED_BENCHMARKS", (Path("/nonexistent/a"), Path("/nonexistent/b")))
-    with pytest.raises(TaskError, match=r"not shipped.*path=/--task-path"):
-        get_task("gsm8k").load("train")
 
 
 def test_named_task_gold_errors(tmp_path):

@@ -462,3 +462,29 @@ def test_runtime_needs_neither_transformers_nor_jinja2():
             "heavy = {'transformers', 'jinja2'} & set(sys.modules); assert not heavy, heavy")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
+
+
+def test_load_tokenizer_accepts_shipped_model_names(tmp_path, monkeypatch):
+    """``load_tokenizer("r1zero-base")`` as ``load_model("r1zero-base")``: the shipped
+    checkpoint's own tokenizer, from any working directory."""
+    from r1lab.checkpoint import SHIPPED_DIR, SHIPPED_MODELS
+
+    monkeypatch.chdir(tmp_path)
+    for name in SHIPPED_MODELS:
+        tok = load_tokenizer(name)
+        assert Path(tok.source) == SHIPPED_DIR / name
+        ref = load_tokenizer(SHIPPED_DIR / name)
+        text = "digit sum of 2221330220 mod 4 <think>"
+        assert tok.vocab_size == ref.vocab_size and tok.encode(text) == ref.encode(text)
+        assert tok.decode(tok.encode(text)) == text
+    (tmp_path / "r1zero-base").mkdir()  # a local directory of that name wins, as for load_model
+    with pytest.raises(TokenizerError, match="no tokenizer.json"):
+        load_tokenizer("r1zero-base")
+
+
+def test_load_tokenizer_missing_path_names_the_shipped_models(tmp_path):
+    with pytest.raises(TokenizerError) as e:
+        load_tokenizer(tmp_path / "nonexistent")
+    msg = str(e.value)
+    assert msg.startswith(f"tokenizer path {tmp_path / 'nonexistent'} does not exist (") and "r1zero-base" in msg
+    assert "\n" not in msg

@@ -20,6 +20,10 @@ One ``step()``:
 
 Returned token ids include a final stop token (EOS or a stop id) with its logprob — the
 trainer needs it; ``text`` excludes the stop token / stop string unless ``include_stop``.
+
+``tokenizer`` may be None (vLLM's ``skip_tokenizer_init``): prompts are token ids, outputs
+carry token ids and empty text, and only ``stop_token_ids`` end a completion (there is no
+EOS to know); text prompts, chat messages and stop strings are refused with an error.
 """
 
 from __future__ import annotations
@@ -178,7 +182,7 @@ class Engine:
         self.cfg = model.config
         self.cache = PagedKVCache.from_budget(self.cfg, config.kv_cache_bytes, config.block_size,
                                               config.dtype or p.dtype, self.device)
-        self.eos_token_id = getattr(tokenizer, "eos_token_id", None)
+        self.eos_token_id = getattr(tokenizer, "eos_token_id", None)   # None without a tokenizer
         self._ids = itertools.count()
         self._sids = itertools.count()
         self.waiting: deque[_Request] = deque()
@@ -242,6 +246,9 @@ class Engine:
         params = params or SamplingParams()
         if not isinstance(params, SamplingParams):
             raise SamplingError(f"params must be SamplingParams, got {type(params).__name__}")
+        if params.stop and self.tokenizer is None:
+            raise SamplingError(f"stop strings {list(params.stop)!r} need a tokenizer; this engine has none "
+                                f"(Engine(model, None, ...)): use stop_token_ids")
         text, ids = self._prompt_ids(prompt)
         ctx = self.cfg.max_position_embeddings
         if len(ids) >= ctx:
@@ -481,6 +488,8 @@ class Engine:
     def _advance_text(self, s: _Seq) -> str:
         """Append the text of the newest tokens to ``s.text`` (returned), decoding only a short
         window; text ending in a partial UTF-8 character waits for the next token."""
+        if self.tokenizer is None:   # token ids only: a stream carries no text
+            return ""
         ids = s.out.token_ids
         before = self.tokenizer.decode(ids[s.prefix_off: s.read_off])
         after = self.tokenizer.decode(ids[s.prefix_off:])
@@ -508,6 +517,8 @@ class Engine:
 
     def _final_text(self, s: _Seq) -> str:
         out, p = s.out, s.req.params
+        if self.tokenizer is None:
+            return ""
         ids = out.token_ids
         if isinstance(out.stop_reason, int) and not p.include_stop:
             ids = ids[:-1]
@@ -568,13 +579,18 @@ class Engine:
         begins with it, as a rendered chat template does — the way vLLM/HF encode completion
         prompts); a list of ints is token ids, used as given; a list of {role, content} dicts
         is rendered with the chat template."""
+        is_chat = isinstance(prompt, Sequence) and prompt and all(isinstance(m, Mapping) for m in prompt)
+        if self.tokenizer is None and (isinstance(prompt, str) or is_chat):
+            kind = "a text prompt" if isinstance(prompt, str) else "chat messages"
+            raise EngineError(f"{kind} needs a tokenizer; this engine has none (Engine(model, None, ...)): "
+                              f"pass token ids")
         if isinstance(prompt, str):
             ids = self.tokenizer.encode(prompt)
             bos = getattr(self.tokenizer, "bos_token_id", None)
             if bos is not None and (not ids or ids[0] != bos):
                 ids = [bos] + ids
             text = prompt
-        elif isinstance(prompt, Sequence) and prompt and all(isinstance(m, Mapping) for m in prompt):
+        elif is_chat:
             text = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
             ids = self.tokenizer.encode(text)
         elif isinstance(prompt, Sequence) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):

@@ -201,17 +201,26 @@ def evaluate(task: str | Task, *, model=None, tokenizer=None, engine=None, endpo
              dtype: str | None = None) -> dict:
     """Evaluate with the paper's protocol (SPEC §7); see the module docstring. ``model`` is a
     checkpoint directory or a loaded model (then pass ``tokenizer``); ``engine`` reuses a
-    running engine (the trainer's); ``endpoint`` + ``served_model`` use a server instead."""
+    running engine (the trainer's); ``endpoint`` + ``served_model`` use a server instead.
+
+    A checkpoint's ``r1lab.json`` (model_meta.py) supplies the prompt style it was trained
+    with, and — for the task it was trained on, when no ``task_options`` are given — that
+    task's options; ``prompt_style`` / ``task_options`` override both."""
     from ..tasks import get_task
 
-    task = task if isinstance(task, Task) else get_task(task, **(task_options or {}))
     _check(k, "k", 1)
     _check(seed, "seed", 0)
     if limit is not None:
         _check(limit, "limit", 1)
     if max_tokens is not None:
         _check(max_tokens, "max_tokens", 1)
-    style = prompt_style or getattr(task, "style", None) or task.default_style
+    _check_sampling(k, temperature, top_p)      # before any loading or progress bar
+    meta = _model_meta(model)
+    task_options, options_from_model = _task_options(task, task_options, meta)
+    task = task if isinstance(task, Task) else get_task(task, **task_options)
+    # the caller's style, else the task's own option, else the one the model was trained with (r1lab.json)
+    style = prompt_style or getattr(task, "style", None) or meta.get("prompt_style") or task.default_style
+    style_from_model = not (prompt_style or getattr(task, "style", None)) and bool(meta.get("prompt_style"))
     if getattr(task, "style", style) != style:   # tasks that score by their prompt style (math): a copy in this one
         task = copy.copy(task)
         task.style = style
@@ -256,9 +265,41 @@ def evaluate(task: str | Task, *, model=None, tokenizer=None, engine=None, endpo
             bar.close()
     summary = _summarise(task, results, k, style, split or task.default_split, params, seed, source,
                          time.time() - start)
+    if options_from_model:
+        summary["task_options_from_model"] = task_options
+    if style_from_model:
+        summary["prompt_style_from_model"] = True
     if output_dir is not None:
         write_outputs(Path(output_dir), examples, results, summary)
     return summary
+
+
+def _check_sampling(k: int, temperature, top_p) -> None:
+    from ..engine import SamplingError, SamplingParams
+    try:
+        SamplingParams(n=k, temperature=temperature, top_p=top_p)
+    except SamplingError as e:
+        raise EvalError(str(e)) from None
+
+
+def _model_meta(model) -> dict:
+    """The ``r1lab.json`` of a model given as a checkpoint directory or shipped name (model_meta.py)."""
+    from ..model_meta import MetaError, checkpoint_meta
+    if not isinstance(model, (str, Path)):
+        return {}
+    try:
+        return checkpoint_meta(model)
+    except MetaError as e:
+        raise EvalError(str(e)) from None
+
+
+def _task_options(task, options: dict | None, meta: dict) -> tuple[dict, bool]:
+    """The task's options: the caller's, else — for the very task the model was trained on —
+    the options it was trained with (``chain_add`` questions worded as the model knows them)."""
+    trained = meta.get("task") or {}
+    if not options and isinstance(task, str) and trained.get("name") == task and trained.get("options"):
+        return dict(trained["options"]), True
+    return dict(options or {}), False
 
 
 def _check(v, name: str, lo: int) -> None:

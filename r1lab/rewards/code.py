@@ -20,18 +20,27 @@ evaluation harness. Tests come from the example's ``gold``:
   the block, then ``test_setup_code``, then each assert of ``test_list`` (plus
   ``challenge_test_list`` with ``challenge_tests=True``).
 * Any other task: ``{"tests": [...], "setup": "...", "bindings": {...}}``.
+
+An example is an ``Example`` (its ``gold`` attribute), a dict ``{"question": …, "gold": {…}}``
+(as the other rewards read theirs; a gold given as JSON text is parsed), or the gold dict itself.
+
+Sandbox options: ``timeout``, ``memory_mb``, ``max_workers``, and ``require``: isolation layers
+(``landlock``, ``seccomp``, ``netns``, ``pidns``, ``uid``) without which no program is run —
+a RewardError instead of a result (see ``r1lab.rewards.sandbox``). Without it a missing layer
+is logged as a warning once per process and the programs run with less isolation.
 """
 
 from __future__ import annotations
 
 import ast
 import functools
+import json
 import re
 from collections.abc import Mapping, Sequence
 
 from r1lab.reasoning import END_THINK, THINK, split_reasoning
 from r1lab.rewards import RewardError, register_reward
-from r1lab.rewards.sandbox import Limits, Program, SandboxResult, run_many
+from r1lab.rewards.sandbox import Limits, Program, SandboxError, SandboxResult, check_require, run_many
 
 CODE_LANGUAGES = ("", "python", "py", "python3", "py3")
 _FENCE = re.compile(r"^([ \t]*)```[ \t]*([^\s`]*)[^`]*$")
@@ -215,6 +224,32 @@ def build_program(code: str, gold: Mapping, challenge_tests: bool = False) -> Pr
 
 
 # ---------------------------------------------------------------------- reward
+def example_gold(example) -> Mapping:
+    """The gold of ``example``: an Example's ``gold`` attribute, a ``{"gold": …}`` dict's
+    entry (JSON text is parsed), or a gold dict given directly."""
+    if isinstance(example, Mapping):
+        if "gold" not in example and "question" in example:
+            raise RewardError("code reward: the example dict has a 'question' but no 'gold'")
+        gold = example["gold"] if "gold" in example else example
+    else:
+        gold = getattr(example, "gold", example)
+    if isinstance(gold, str):
+        try:
+            gold = json.loads(gold)
+        except json.JSONDecodeError:
+            raise RewardError(f"code reward: gold is text but not JSON: {gold[:60]!r}") from None
+    if not isinstance(gold, Mapping):
+        raise RewardError(f"code reward: gold must be a dict of tests, got {type(gold).__name__}")
+    return gold
+
+
+def _require(require) -> tuple[str, ...]:
+    try:
+        return check_require(require)
+    except SandboxError as e:
+        raise RewardError(f"code reward: {e}") from None
+
+
 def _limits(timeout, memory_mb) -> Limits:
     try:
         timeout = float(DEFAULT_TIMEOUT if timeout is None else timeout)
@@ -228,16 +263,19 @@ def _limits(timeout, memory_mb) -> Limits:
 
 def code_details(completions: Sequence[str], examples: Sequence, *, timeout: float | None = None,
                  memory_mb: int | None = None, max_workers: int | None = None, challenge_tests: bool = False,
-                 started_in_reasoning: bool | None = True) -> list[SandboxResult]:
+                 started_in_reasoning: bool | None = True,
+                 require: Sequence[str] | str | None = None) -> list[SandboxResult]:
     """The sandbox result of each completion (``passed_fraction``, ``status`` …), in order.
-    A completion without a code block gets status "error" and 0 passed."""
+    A completion without a code block gets status "error" and 0 passed. ``require``: see
+    the module docstring (RewardError when a listed layer cannot be applied here)."""
     if len(completions) != len(examples):
         raise RewardError(f"code reward: {len(completions)} completions for {len(examples)} examples")
     limits = _limits(timeout, memory_mb)
+    require = _require(require)
     results: list[SandboxResult | None] = [None] * len(completions)
     todo: list[tuple[int, Program]] = []
     for i, (completion, example) in enumerate(zip(completions, examples)):
-        gold = getattr(example, "gold", example)
+        gold = example_gold(example)
         code = extract_code(completion or "", started_in_reasoning)
         if code is None:
             tests = gold_tests(gold, challenge_tests)[0]
@@ -245,7 +283,11 @@ def code_details(completions: Sequence[str], examples: Sequence, *, timeout: flo
                                        tests=("",) * len(tests))
         else:
             todo.append((i, build_program(code, gold, challenge_tests)))
-    for (i, _), result in zip(todo, run_many([p for _, p in todo], limits, max_workers=max_workers)):
+    try:
+        ran = run_many([p for _, p in todo], limits, max_workers=max_workers, require=require)
+    except SandboxError as e:
+        raise RewardError(f"code reward: {e}") from None
+    for (i, _), result in zip(todo, ran):
         results[i] = result
     return results  # type: ignore[return-value]
 
@@ -253,11 +295,12 @@ def code_details(completions: Sequence[str], examples: Sequence, *, timeout: flo
 @register_reward("code")
 def code_reward(completions: Sequence[str], examples: Sequence, *, timeout: float | None = None,
                 memory_mb: int | None = None, max_workers: int | None = None, challenge_tests: bool = False,
-                started_in_reasoning: bool | None = True) -> list[float]:
+                started_in_reasoning: bool | None = True, require: Sequence[str] | str | None = None) -> list[float]:
     """1.0 when the answer's code passes every test of the example, else 0.0 (the passed
     fraction is in ``code_details``). ``timeout``: wall seconds per program (default 10);
     ``memory_mb``: address-space limit (default 1024); ``max_workers``: programs run at once
-    (default: CPUs, at most 8); ``challenge_tests``: MBPP's extra asserts too."""
+    (default: CPUs, at most 8); ``challenge_tests``: MBPP's extra asserts too; ``require``:
+    isolation layers without which nothing runs (e.g. ``[landlock, seccomp]``)."""
     return [r.score for r in code_details(completions, examples, timeout=timeout, memory_mb=memory_mb,
                                           max_workers=max_workers, challenge_tests=challenge_tests,
-                                          started_in_reasoning=started_in_reasoning)]
+                                          started_in_reasoning=started_in_reasoning, require=require)]

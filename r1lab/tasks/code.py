@@ -17,8 +17,9 @@ from what follows ``</think>``), ``r1_zero`` and ``plain`` (the model writes its
 ``<think>…</think>``, or none). A task scores in the style it was created with (``style=``)
 unless told otherwise. ``score`` is the ``code`` reward (1.0 when every test passes),
 ``details`` the sandbox results with ``passed_fraction``, ``answer_key`` the normalised code
-(for cons@k voting). Options: ``timeout`` (s), ``memory_mb``, ``max_workers`` (sandbox), and
-for MBPP ``challenge_tests`` (also run ``challenge_test_list``).
+(for cons@k voting). Options: ``timeout`` (s), ``memory_mb``, ``max_workers``, ``require``
+(sandbox isolation layers without which nothing runs, e.g. ``[landlock, seccomp]``), and for
+MBPP ``challenge_tests`` (also run ``challenge_test_list``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from r1lab.files import iter_jsonl
 from r1lab.rewards.code import code_details, extract_code, normalize_code
-from r1lab.rewards.sandbox import SandboxResult
+from r1lab.rewards.sandbox import SandboxError, SandboxResult, check_require
 from r1lab.tasks.base import check_style, Example, Task, TaskError, register_task
 from r1lab.tokenizer import r1_zero_prompt
 
@@ -79,10 +80,16 @@ class _CodeTask(Task):
     default_path: Path
 
     def __init__(self, path: str | Path | None = None, style: str = "chat", timeout: float | None = None,
-                 memory_mb: int | None = None, max_workers: int | None = None):
+                 memory_mb: int | None = None, max_workers: int | None = None,
+                 require: Sequence[str] | str | None = None):
         self.path = Path(path) if path is not None else self.default_path
         self.style = check_style(style)
-        self.reward_options = {"timeout": timeout, "memory_mb": memory_mb, "max_workers": max_workers}
+        try:
+            require = list(check_require(require))
+        except SandboxError as e:
+            raise TaskError(f"{self.name}: {e}") from None
+        self.reward_options = {"timeout": timeout, "memory_mb": memory_mb, "max_workers": max_workers,
+                               "require": require}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(style={self.style!r}, path={str(self.path)!r})"
@@ -151,8 +158,9 @@ class MBPP(_CodeTask):
     default_path = MBPP_FILE
 
     def __init__(self, path: str | Path | None = None, style: str = "chat", timeout: float | None = None,
-                 memory_mb: int | None = None, max_workers: int | None = None, challenge_tests: bool = False):
-        super().__init__(path, style, timeout, memory_mb, max_workers)
+                 memory_mb: int | None = None, max_workers: int | None = None, challenge_tests: bool = False,
+                 require: Sequence[str] | str | None = None):
+        super().__init__(path, style, timeout, memory_mb, max_workers, require)
         self.reward_options["challenge_tests"] = bool(challenge_tests)
 
     def examples(self, split: str | None = None) -> Iterator[Example]:

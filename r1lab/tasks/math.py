@@ -1,10 +1,9 @@
 """Math benchmarks (SPEC §7) and any question/answer JSONL, as ``Task``s.
 
 Registered: ``gsm8k`` (splits ``test``, ``train``), ``math500``, ``aime24``, ``amc23``
-(split ``test``) and ``jsonl`` (a file you name). The test sets ship in
+(split ``test``) and ``jsonl`` (a file you name). Every split ships in
 ``r1lab/assets/benchmarks/`` (copies of ``../shared/data/benchmarks/``, see the README
-there); the GSM8K training split does not: it is read from ``path=`` or, in a checkout,
-from ``../shared/data/benchmarks/gsm8k_train.jsonl``. ``path=`` always overrides.
+there), GSM8K's 7473-problem training split included; ``path=`` always overrides.
 
 Gold answers (the string the accuracy reward compares with, ``rewards/math.py``):
 
@@ -36,9 +35,6 @@ from r1lab.tasks.base import TASKS, check_style, Example, Task, TaskError, regis
 from r1lab.tokenizer import math_prompt, r1_zero_prompt
 
 PACKAGE_BENCHMARKS = Path(__file__).resolve().parent.parent / "assets" / "benchmarks"
-# ``../shared/data/benchmarks`` relative to the project root (a checkout), then to the cwd.
-SHARED_BENCHMARKS = (Path(__file__).resolve().parents[2].parent / "shared" / "data" / "benchmarks",
-                     Path("..") / "shared" / "data" / "benchmarks")
 
 QUESTION_FIELDS = ("question", "problem", "prompt")
 ANSWER_FIELDS = ("answer", "gold", "solution")
@@ -103,9 +99,9 @@ class MathTask(Task):
 
     kind = "math"
 
-    def __init__(self, name: str, files: Mapping[str, Path | None], gold_rule: GoldRule, *,
+    def __init__(self, name: str, files: Mapping[str, Path], gold_rule: GoldRule, *,
                  answer_fields: Sequence[str] = ("answer",), path: str | Path | None = None,
-                 style: str = "chat", extract: str | None = None, missing_hint: str = ""):
+                 style: str = "chat", extract: str | None = None):
         from r1lab.rewards.math import EXTRACT_MODES
 
         self.name = name
@@ -118,7 +114,6 @@ class MathTask(Task):
         if extract is not None and extract not in EXTRACT_MODES:
             raise TaskError(f"unknown extract mode {extract!r}; known: {', '.join(EXTRACT_MODES)}")
         self.extract = extract
-        self.missing_hint = missing_hint
 
     @property
     def answer_format(self) -> str:  # type: ignore[override]
@@ -132,10 +127,7 @@ class MathTask(Task):
             raise TaskError(f"task {self.name!r} has no split {split!r}; splits: {', '.join(self.splits)}")
         if self.path is not None:
             return self.path
-        f = self.files[split]
-        if f is None:
-            raise TaskError(f"task {self.name!r}: split {split!r} is not shipped with r1lab; {self.missing_hint}")
-        return f
+        return self.files[split]
 
     def examples(self, split: str | None = None) -> Iterator[Example]:
         split = self.default_split if split is None else split
@@ -207,22 +199,12 @@ class MathTask(Task):
 
 
 # ---------------------------------------------------------------------- registered tasks
-def _shared_file(name: str) -> Path | None:
-    for d in SHARED_BENCHMARKS:
-        if (d / name).is_file():
-            return d / name
-    return None
-
-
 @register_task("gsm8k")
 def gsm8k(path: str | Path | None = None, style: str = "chat", extract: str | None = None) -> MathTask:
-    """GSM8K (1319 test problems shipped; the 7473-problem train split from ``path=`` or the
-    shared data folder)."""
+    """GSM8K: the 1319-problem test split and the 7473-problem train split, both shipped."""
     return MathTask("gsm8k", {"test": PACKAGE_BENCHMARKS / "gsm8k_test.jsonl",
-                              "train": _shared_file("gsm8k_train.jsonl")},
-                    gsm8k_gold, path=path, style=style, extract=extract,
-                    missing_hint="pass path=/--task-path to gsm8k_train.jsonl "
-                                 "(in a checkout: ../shared/data/benchmarks/gsm8k_train.jsonl)")
+                              "train": PACKAGE_BENCHMARKS / "gsm8k_train.jsonl"},
+                    gsm8k_gold, path=path, style=style, extract=extract)
 
 
 @register_task("math500")

@@ -400,15 +400,38 @@ class SFTConfig(BaseTrainConfig):
 T = typing.TypeVar("T")
 
 
+# Recipes that ship inside the package (r1lab/recipes/, the checkout's recipes/ links there): a
+# name such as ``r1_zero_tiny`` or ``recipes/r1_zero_tiny.yaml`` finds them from any directory.
+SHIPPED_RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def shipped_recipes() -> list[str]:
+    return sorted(p.stem for p in SHIPPED_RECIPES_DIR.glob("*.yaml"))
+
+
+def resolve_recipe(path: str | os.PathLike) -> Path:
+    """``path`` itself when it exists; else the shipped recipe it names (``r1_zero_tiny``,
+    ``r1_zero_tiny.yaml`` or ``recipes/r1_zero_tiny.yaml``); else ``path`` (its loader says
+    it does not exist)."""
+    p = Path(path)
+    if p.exists() or p.parent not in (Path("."), Path("recipes")):
+        return p
+    for name in (p.name, p.name + ".yaml"):
+        if (SHIPPED_RECIPES_DIR / name).is_file():
+            return SHIPPED_RECIPES_DIR / name
+    return p
+
+
 def load_recipe(path: str | os.PathLike | None, cls: type[T], overrides: list[str] | None = None) -> T:
-    """A ``cls`` instance from a YAML recipe (None: the defaults) plus ``key=value`` overrides."""
+    """A ``cls`` instance from a YAML recipe (None: the defaults) plus ``key=value`` overrides.
+    ``path`` is a file or the name of a shipped recipe (``resolve_recipe``)."""
     data: dict = {}
     if path is not None:
-        p = Path(path)
+        p = resolve_recipe(path)
         try:
             text = p.read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise TrainError(f"recipe file {p} does not exist") from None
+            raise TrainError(f"recipe file {p} does not exist (shipped recipes: {', '.join(shipped_recipes())})") from None
         except (OSError, UnicodeDecodeError) as e:
             raise TrainError(f"cannot read recipe {p}: {e}") from None
         try:

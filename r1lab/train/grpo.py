@@ -13,7 +13,9 @@ One train step:
    penalty …). The reward has no length bonus.
 3. **Advantages** per group (``advantage``: ``group_std`` as R1, ``group_mean`` as Dr. GRPO,
    ``batch_std``). With ``dynamic_sampling`` (DAPO) groups whose rewards are all equal are
-   dropped and more questions are sampled, up to ``max_sampling_rounds``.
+   dropped and more questions are sampled, up to ``max_sampling_rounds`` (metrics
+   ``sampling_rounds`` and ``dropped_groups``); surplus informative groups of the last round
+   are left unused.
 4. **Policy update.** The rollout is split into ``mini_batches`` (one optimizer step each),
    for ``inner_epochs`` passes; micro-batches of ``micro_batch_size`` sequences accumulate
    gradients. Loss: the clipped surrogate with ε_low/ε_high, minus β·k3-KL to a reference
@@ -38,7 +40,7 @@ from ..files import jsonable
 from .config import BaseTrainConfig, _choice, _is_int, _is_num, _positive_int, check
 from .grpo_loss import (ADVANTAGE_MODES, LOSS_AGGREGATIONS, group_advantages, grpo_loss, loss_normaliser,
                         masked_entropy, token_logprobs, zero_variance_groups)
-from .loop import Trainer, load_start
+from .loop import Trainer, load_start, start_meta
 
 
 @dataclass
@@ -166,11 +168,14 @@ class GRPOAlgorithm:
     name = "grpo"
     headline = ("reward", "accuracy", "response_len", "kl")
 
-    def __init__(self, cfg: GRPOConfig, model, tokenizer, task, pool: list):
+    def __init__(self, cfg: GRPOConfig, model, tokenizer, task, pool: list, model_style: str | None = None):
+        from ..model_meta import task_meta
         from ..rewards import CombinedReward
 
         self.cfg, self.task, self.tokenizer = cfg, task, tokenizer
-        self.style = cfg.data.prompt_style or getattr(task, "style", None) or task.default_style
+        # the recipe's style, else the task's own option, else the one the start model was trained with
+        self.style = cfg.data.prompt_style or getattr(task, "style", None) or model_style or task.default_style
+        self.meta = {"prompt_style": self.style, "task": task_meta(cfg.data.task, cfg.data.options)}
         self.stream = PromptStream(pool, cfg.seed)
         self.reward = CombinedReward(cfg.rewards)
         self.model = model
@@ -220,19 +225,24 @@ class GRPOAlgorithm:
         cfg = self.cfg
         G = cfg.group_size
         first = self._sample(trainer, self.stream.take(cfg.prompts_per_step), 0)
-        stats = {"zero_variance_share": float(zero_variance_groups(first.rewards, G).float().mean())}
+        flat = zero_variance_groups(first.rewards, G)
+        stats = {"zero_variance_share": float(flat.float().mean())}
         if not cfg.dynamic_sampling:
             return first, stats
-        kept, rounds = _keep_groups(first, ~zero_variance_groups(first.rewards, G), G), 1
+        kept, rounds, dropped = _keep_groups(first, ~flat, G), 1, int(flat.sum())
         while _groups(kept, G) < cfg.prompts_per_step and rounds < cfg.max_sampling_rounds:
             more = self._sample(trainer, self.stream.take(cfg.prompts_per_step), rounds)
-            kept = _concat(kept, _keep_groups(more, ~zero_variance_groups(more.rewards, G), G))
+            flat = zero_variance_groups(more.rewards, G)
+            kept, dropped = _concat(kept, _keep_groups(more, ~flat, G)), dropped + int(flat.sum())
             rounds += 1
         if _groups(kept, G) > cfg.prompts_per_step:
             kept = _keep_groups(kept, torch.arange(_groups(kept, G)) < cfg.prompts_per_step, G)
-        stats["sampling_rounds"] = rounds
-        # every group had equal rewards: nothing to learn; keep the batch (zero gradient)
-        return (kept if kept.texts else first), stats
+        if not kept.texts:
+            # every group had equal rewards: nothing to learn; keep the first batch (zero gradient)
+            kept, dropped = first, dropped - _groups(first, G)
+        # dropped_groups: zero-variance groups sampled this step and left out of the update
+        stats["sampling_rounds"], stats["dropped_groups"] = rounds, dropped
+        return kept, stats
 
     # ------------------------------------------------------------ update
     def train_step(self, trainer: Trainer) -> dict[str, float]:
@@ -387,7 +397,7 @@ def build_algorithm(cfg: GRPOConfig, model, tokenizer) -> GRPOAlgorithm:
         raise TrainError(f"task {task.name!r} split {cfg.data.split!r} has no examples")
     if cfg.prompts_per_step > len(pool):
         raise TrainError(f"prompts_per_step={cfg.prompts_per_step} exceeds the {len(pool)} training questions")
-    return GRPOAlgorithm(cfg, model, tokenizer, task, pool)
+    return GRPOAlgorithm(cfg, model, tokenizer, task, pool, model_style=start_meta(cfg.model).get("prompt_style"))
 
 
 def grpo(cfg: GRPOConfig) -> dict[str, Any]:

@@ -30,6 +30,7 @@ throughput, ``tokens`` (tokens processed in the step). ``trainer.step`` counts t
 
 Checkpoints (``out_dir/checkpoints/step_000123/``): the model in our Hugging Face format
 (``save_model``, tokenizer files included — the MoE router biases are model buffers),
+``r1lab.json`` (the prompt style and task it was trained with, model_meta.py; ``final/`` too),
 ``trainer_state.pt`` (optimizer, counters, Python/NumPy/torch RNG states, the algorithm's
 state) and ``resolved_recipe.yaml``. Each is filled in a hidden temporary directory and
 renamed into place, so a directory named ``step_*`` is always complete; older ones are
@@ -61,6 +62,7 @@ import torch
 
 from ..device import resolve_device as pick_device
 from ..files import atomic_write_text
+from ..model_meta import write_meta
 from .config import BaseTrainConfig, ModelSpec, ScheduleConfig, TrainError, to_yaml
 from .plots import read_metrics
 
@@ -141,6 +143,10 @@ def load_start(spec: ModelSpec, seed: int) -> tuple[torch.nn.Module, Any]:
                              f"{path} (its weights fix the shapes)")
     elif path.is_file():
         cfg = ModelConfig.from_json(path)
+    elif not path.exists():
+        raise TrainError(f"recipe field 'model.init': {spec.init!r} does not exist; give a preset "
+                         f"({', '.join(PRESETS)}), a shipped model ({', '.join(SHIPPED_MODELS)}), a config.json file "
+                         f"or a checkpoint directory")
     else:
         raise TrainError(f"recipe field 'model.init': {spec.init!r} is not a preset ({', '.join(PRESETS)}), "
                          f"a shipped model ({', '.join(SHIPPED_MODELS)}), a config.json file or a checkpoint directory")
@@ -158,6 +164,26 @@ def load_start(spec: ModelSpec, seed: int) -> tuple[torch.nn.Module, Any]:
     check_vocab(cfg, tokenizer)
     model = load_model(checkpoint_dir) if checkpoint_dir is not None else build_model(cfg, seed=seed)
     return model, tokenizer
+
+
+def start_meta(spec: ModelSpec) -> dict[str, Any]:
+    """The ``r1lab.json`` of the checkpoint a run starts from (model_meta.py); ``{}`` for a preset."""
+    from ..config import PRESETS
+    from ..model_meta import MetaError, checkpoint_meta
+
+    if spec.init in PRESETS:
+        return {}
+    try:
+        return checkpoint_meta(spec.init)
+    except MetaError as e:
+        raise TrainError(f"recipe field 'model.init': {e}") from None
+
+
+def run_model_meta(cfg: BaseTrainConfig, algorithm) -> dict[str, Any]:
+    """The ``r1lab.json`` this run's checkpoints carry: the prompt style and task the
+    algorithm trains with (its ``meta``), else what the start checkpoint carried."""
+    own = {k: v for k, v in (getattr(algorithm, "meta", None) or {}).items() if v is not None}
+    return {**(own if own.get("prompt_style") else start_meta(cfg.model)), "trained_by": algorithm.name}
 
 
 def check_vocab(cfg, tokenizer) -> None:
@@ -257,6 +283,8 @@ class Trainer:
         self._last_checkpoint_step: int | None = None
         self._metrics_file = None
         self._tb = None
+        self.model_meta = run_model_meta(cfg, algorithm)
+
 
     # ------------------------------------------------------------ for algorithms
     def autocast(self):
@@ -366,6 +394,7 @@ class Trainer:
                 from ..checkpoint import save_model
 
                 final = save_model(self.model, self.out_dir / FINAL_DIR, tokenizer=self.tokenizer)
+                write_meta(final, self.model_meta)
         finally:
             if bar is not None:
                 bar.close()
@@ -462,6 +491,7 @@ class Trainer:
             shutil.rmtree(tmp)
         try:
             save_model(self.model, tmp, tokenizer=self.tokenizer)
+            write_meta(tmp, self.model_meta)
             torch.save(self._trainer_state(), tmp / TRAINER_STATE_FILE)
             atomic_write_text(tmp / RECIPE_FILE, to_yaml(self.cfg))
             final = root / name
@@ -645,5 +675,5 @@ def _plain(metrics: dict) -> dict[str, Any]:
 
 __all__ = [
     "Algorithm", "Trainer", "WALL_CLOCK_KEYS", "check_seq_len", "check_vocab", "latest_checkpoint",
-    "list_checkpoints", "load_start", "lr_factor", "make_optimizer", "resolve_device",
+    "list_checkpoints", "load_start", "lr_factor", "start_meta", "make_optimizer", "resolve_device",
 ]

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ..model_meta import task_meta
 from .config import PretrainConfig, TrainError
 from .data import (PAD, FileDocuments, PackedDocuments, PaddedDocuments, SyntheticDocuments, in_heldout_bucket,
                    pack_fixed, pad_fixed, read_text_documents, split_rows)
@@ -101,6 +102,7 @@ class PretrainAlgorithm:
 
     name = "pretrain"
     headline = ("loss", "mtp_loss", "lr")
+    meta: dict | None = None      # r1lab.json of its checkpoints (set by build_algorithm)
 
     def __init__(self, cfg: PretrainConfig, stream: PackedDocuments, heldout: torch.Tensor | None,
                  sample_prompts: list[tuple[str, str | None]], balance_alpha: float):
@@ -190,7 +192,10 @@ def build_algorithm(cfg: PretrainConfig, model, tokenizer) -> PretrainAlgorithm:
         docs[0]           # the first documents are produced now: data errors surface before training
     except IndexError:
         raise TrainError("the training data is empty") from None
-    return PretrainAlgorithm(cfg, stream, heldout, prompts, balance_alpha_of(cfg.balance_alpha, model))
+    algorithm = PretrainAlgorithm(cfg, stream, heldout, prompts, balance_alpha_of(cfg.balance_alpha, model))
+    if d.source != "files":   # synthetic documents are prompts in d.style with their completions
+        algorithm.meta = {"prompt_style": d.style, "task": task_meta(d.source, d.options)}
+    return algorithm
 
 
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:

@@ -30,6 +30,7 @@ class SFTAlgorithm:
 
     name = "sft"
     headline = ("loss", "lr", "grad_norm")
+    meta: dict | None = None      # r1lab.json of its checkpoints (set by build_algorithm)
 
     def __init__(self, cfg: SFTConfig, stream: PackedConversations,
                  heldout: tuple[torch.Tensor, torch.Tensor] | None, sample_convs: list[Conversation],
@@ -119,7 +120,9 @@ def build_algorithm(cfg: SFTConfig, model, tokenizer) -> SFTAlgorithm:
         heldout = pack_conversations_fixed(held, cfg.seq_len, pad, cfg.eval.heldout_rows)
     n_samples = cfg.log.samples if cfg.log.sample_every else 0
     sample_convs = (held or train)[:n_samples]
-    return SFTAlgorithm(cfg, stream, heldout, sample_convs, balance_alpha_of(cfg.balance_alpha, model))
+    algorithm = SFTAlgorithm(cfg, stream, heldout, sample_convs, balance_alpha_of(cfg.balance_alpha, model))
+    algorithm.meta = {"prompt_style": "chat"}     # conversations through the chat template (SPEC §8)
+    return algorithm
 
 
 def sft(cfg: SFTConfig) -> dict[str, Any]:
