@@ -269,6 +269,57 @@ def cmd_grpo(args) -> int:
     return _train(args, GRPOConfig, grpo, "grpo")
 
 
+def cmd_chat(args) -> int:
+    from .chat import run_chat
+
+    return run_chat(args.model, endpoint=args.endpoint, api_key=args.api_key, served_model=args.served_model,
+                    temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
+                    max_reasoning_tokens=args.max_reasoning_tokens, hide_thinking=args.hide_thinking,
+                    system=args.system, seed=args.seed, device=args.device, dtype=args.dtype)
+
+
+def cmd_serve(args) -> int:
+    import os
+
+    from .serve.server import ServeOptions, run_server
+
+    keys = list(args.api_key or [])
+    keys += [k.strip() for k in os.environ.get("R1LAB_API_KEYS", "").split(",") if k.strip()]
+    if any(not k or any(c.isspace() for c in k) for k in keys):
+        raise CLIError("--api-key: keys must be non-empty and contain no spaces")
+    if args.drain_timeout < 0:
+        raise CLIError(f"--drain-timeout must be >= 0, got {args.drain_timeout:g}")
+    return run_server(ServeOptions(
+        model=args.model, host=args.host, port=args.port, api_keys=tuple(keys),
+        served_model_name=args.served_model_name, max_num_seqs=args.max_num_seqs, max_queue=args.max_queue,
+        max_model_len=args.max_model_len, kv_cache_bytes=args.kv_cache_bytes, spec_mtp=args.spec_mtp,
+        effort_budgets=args.reasoning_effort_budgets or _effort_budgets_arg(""), max_body_bytes=args.max_body_bytes,
+        drain_timeout=args.drain_timeout, device=args.device, dtype=args.dtype))
+
+
+BYTE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def _bytes_arg(text: str) -> int:
+    """A size such as 1048576, 256MB or 1GiB (an argparse type)."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    unit = m.group(2).upper() if m else None
+    if not m or unit not in BYTE_UNITS or float(m.group(1)) * BYTE_UNITS[unit] < 1:
+        raise argparse.ArgumentTypeError(f"must be a size like 1048576, 256MB or 1GiB, got {text!r}")
+    return int(float(m.group(1)) * BYTE_UNITS[unit])
+
+
+def _effort_budgets_arg(text: str) -> dict:
+    from .serve.protocol import parse_effort_budgets
+
+    try:
+        return parse_effort_budgets(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def cmd_template(args) -> int:
     from .tokenizer import load_tokenizer
 
@@ -449,6 +500,63 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: bf16 on CUDA, fp32 on CPU")
     s.set_defaults(func=cmd_eval)
 
+    s = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API (thinking in reasoning_content)",
+                       description="OpenAI-compatible server: /v1/chat/completions (the thinking in reasoning_content, "
+                                   "a thinking budget), /v1/completions, /v1/models, /health, /ready, /metrics "
+                                   "(Prometheus) and a web chat at /. SIGTERM drains running requests, then exits 0.")
+    s.add_argument("model", metavar="MODEL", help="checkpoint directory or shipped model name (e.g. r1zero-base)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=_nonneg_int_arg, default=8000, help="port (default 8000; 0 = any free port)")
+    s.add_argument("--api-key", action="append", metavar="KEY",
+                   help="require Authorization: Bearer KEY on /v1/* (repeatable; also $R1LAB_API_KEYS, comma separated)")
+    s.add_argument("--served-model-name", metavar="NAME", help="model name clients send (default: MODEL's last path part)")
+    s.add_argument("--max-num-seqs", type=_positive_int_arg, default=64, help="sequences generated at once (default 64)")
+    s.add_argument("--max-queue", type=_nonneg_int_arg, default=256,
+                   help="requests waiting for a slot before 429 (default 256)")
+    s.add_argument("--max-model-len", type=_positive_int_arg, metavar="N",
+                   help="context limit, prompt + completion (default: the model's)")
+    s.add_argument("--kv-cache-bytes", type=_bytes_arg, default=256 * 2**20, metavar="SIZE",
+                   help="KV-cache budget, e.g. 256MB or 1GiB (default 256MiB)")
+    s.add_argument("--spec-mtp", action="store_true", help="speculative decoding with the model's MTP module")
+    s.add_argument("--reasoning-effort-budgets", type=_effort_budgets_arg,
+                   metavar="low=N,medium=N,high=N",
+                   help="thinking budgets of reasoning_effort (default low=256,medium=1024,high=4096)")
+    s.add_argument("--max-body-bytes", type=_bytes_arg, default=2**20, metavar="SIZE",
+                   help="largest request body (default 1MiB; larger: 413)")
+    s.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="on SIGTERM, how long running requests may finish (default 30)")
+    s.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N (default auto)")
+    s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="weights and KV cache dtype (default: bfloat16 on CUDA, float32 on CPU)")
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("chat", help="chat in the terminal with a model or an OpenAI-compatible endpoint",
+                       description="Terminal chat. MODEL (a checkpoint directory or shipped name) runs the engine in "
+                                   "this process; --endpoint URL talks to an OpenAI-compatible server (r1lab serve, "
+                                   "vLLM, the DeepSeek API) and reads the thinking from reasoning_content. The thinking "
+                                   "is shown dimmed; only answers go back into the history. Commands: /think (show or "
+                                   "hide the thinking), /reset, /exit, /help; Ctrl-C stops an answer.")
+    s.add_argument("model", nargs="?", metavar="MODEL",
+                   help="checkpoint directory or shipped model name (e.g. r1zero-base)")
+    s.add_argument("--endpoint", metavar="URL", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    s.add_argument("--api-key", metavar="KEY", help="API key for --endpoint (default: $OPENAI_API_KEY, else none)")
+    s.add_argument("--model", dest="served_model", metavar="NAME",
+                   help="model name to request from --endpoint (default: the first one it lists)")
+    s.add_argument("--temperature", type=float, default=0.6, help="0 = greedy (default 0.6, SPEC §7)")
+    s.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default 0.95)")
+    s.add_argument("--max-tokens", type=_positive_int_arg, metavar="N",
+                   help="new tokens per answer, thinking included (default: the model's context with MODEL, "
+                        "the server's default with --endpoint)")
+    s.add_argument("--max-reasoning-tokens", type=_nonneg_int_arg, metavar="N",
+                   help="thinking budget: after N thinking tokens the thinking is closed and the answer follows")
+    s.add_argument("--hide-thinking", action="store_true", help="do not print the thinking (/think toggles it)")
+    s.add_argument("--system", metavar="TEXT", help="system prompt")
+    s.add_argument("--seed", type=int, help="random seed (reproducible answers)")
+    s.add_argument("--device", default="auto", help="MODEL: auto (CUDA if present), cpu, cuda, cuda:N (default auto)")
+    s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="MODEL: weights and KV cache dtype (default: bfloat16 on CUDA, float32 on CPU)")
+    s.set_defaults(func=cmd_chat)
+
     for verb, func, example, desc in (
         ("pretrain", cmd_pretrain, "pretrain_tiny", "pre-train a model from a YAML recipe (next-token + MTP + balance loss, SPEC §2)"),
         ("sft", cmd_sft, "sft_tiny", "supervised fine-tuning on chat JSONL from a YAML recipe (loss on assistant tokens)"),
@@ -488,9 +596,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as e:  # known library errors carry one-line messages
         from .checkpoint import CheckpointError
+        from .chat import ChatError
         from .demo_r1zero import DemoError
         from .engine.cache import CacheError
         from .engine.engine import EngineError
+        from .serve.server import ServeError
         from .engine.sampler import SamplingError
         from .eval import EvalError
         from .generate import GenerateError
@@ -500,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         from .train.config import TrainError
 
         known = (CheckpointError, CacheError, EngineError, SamplingError, GenerateError, EvalError, TaskError,
-                 RewardError, TrainError, DemoError, MetaError,
+                 RewardError, TrainError, DemoError, MetaError, ChatError, ServeError,
                  FileNotFoundError, PermissionError, IsADirectoryError)
         if isinstance(e, known):
             print(f"r1lab: error: {e}", file=sys.stderr)

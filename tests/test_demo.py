@@ -112,6 +112,7 @@ def test_shipped_base_model_loads_by_name_and_knows_its_worked_form():
     assert right[False] / len(examples) <= 0.5          # chance is 0.25
 
 
+@pytest.mark.slow      # two minutes of RL: `make test-all` runs it (make demo runs the full 90 steps)
 def test_r1_zero_on_the_shipped_base_lifts_accuracy_and_length(tmp_path):
     """A shortened `r1lab demo` (45 of the recipe's 90 steps, 32 questions × 2 samples): RL
     with a correctness reward alone already shifts the base from direct answers to worked

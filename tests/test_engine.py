@@ -489,3 +489,18 @@ def test_spec_mtp_needs_an_mtp_module(tok):
         engine(dense, tok, spec_mtp=True)
     with pytest.raises(EngineError, match="spec_mtp"):
         EngineConfig(spec_mtp="yes")
+
+
+def test_tiny_temperature_is_greedy_and_logprobs_zero_has_no_alternatives(v3, tok):
+    """A temperature below GREEDY_EPS (1e-300 passes every range check) would overflow
+    logits / T into garbage: it samples greedily. ``logprobs=0`` returns the sampled token's
+    log-prob with no alternatives (OpenAI's top_logprobs 0), not a crash."""
+    e = engine(v3, tok)
+    prompt = "12+34="
+    greedy = e.generate([prompt], SamplingParams(max_tokens=8, temperature=0, seed=1))[0].outputs[0]
+    for t in (1e-300, 5e-324, 1e-7):
+        tiny = e.generate([prompt], SamplingParams(max_tokens=8, temperature=t, seed=1))[0].outputs[0]
+        assert tiny.token_ids == greedy.token_ids, t
+    out = e.generate([prompt], SamplingParams(max_tokens=4, temperature=0, logprobs=0))[0].outputs[0]
+    assert out.top_logprobs == [{}] * len(out.token_ids) and len(out.logprobs) == len(out.token_ids)
+    assert out.logprobs == pytest.approx(greedy.logprobs[:len(out.token_ids)])

@@ -23,7 +23,35 @@ trainer needs it; ``text`` excludes the stop token / stop string unless ``includ
 
 ``tokenizer`` may be None (vLLM's ``skip_tokenizer_init``): prompts are token ids, outputs
 carry token ids and empty text, and only ``stop_token_ids`` end a completion (there is no
-EOS to know); text prompts, chat messages and stop strings are refused with an error.
+EOS to know); text prompts, chat messages, stop strings and a thinking budget are refused
+with an error.
+
+Thinking budget (``SamplingParams.max_reasoning_tokens``; needs a tokenizer that spells
+``<think>`` and ``</think>`` as one token each, as ours and DeepSeek's do):
+* a completion is *in reasoning* from its start when its prompt opened ``<think>`` without
+  closing it — the last ``<think>`` id in the prompt comes after the last ``</think>`` id
+  (chat prompts always: the generation prompt ends ``<｜Assistant｜><think>\n``; for a text
+  prompt this agrees with ``reasoning.prompt_opens_reasoning`` whenever that is true;
+  ``Engine.opens_reasoning(prompt_ids)`` applies the rule) — or from the moment it
+  generates ``<think>``; it leaves reasoning when it generates ``</think>``;
+* ``CompletionOutput.reasoning_tokens`` counts the tokens generated in reasoning (neither
+  tag, nor forced tokens). It is counted for every request, budget or not;
+* once that count has reached the budget (at once for a budget of 0) the completion's next
+  token may only be ``</think>``, the model closing its thinking by itself (then nothing
+  is forced and a budget the model stays within changes nothing). Any other sampled token
+  is replaced: the engine forces ``FORCED_CLOSE`` = ``"\n</think>\n\n"``, its token ids one
+  per step (with ``spec_mtp`` a forced token stands in for the MTP draft, so the step's
+  verification forward scores the next one too: up to two per step), each with the
+  model's own log-probability of that token at that position in ``logprobs``
+  (``sampling_logprobs`` 0; nothing is drawn for them after the first), and sets
+  ``CompletionOutput.reasoning_budget_hit``; then the model writes the answer freely.
+  Forced tokens are ordinary tokens of ``token_ids``/``text``/stream deltas (stop strings and
+  ``max_tokens`` apply to them), so ``ReasoningStreamParser`` splits at the forced ``</think>``;
+* each of the n completions of a request has its own count; a completion that opens
+  ``<think>`` again after its budget is spent is at its limit again at once;
+* streaming: every ``StreamDelta`` carries the completion's ``reasoning_tokens`` and
+  ``reasoning_budget_hit`` so far (the final delta, ``finish_reason`` set, has the totals).
+Without a budget nothing is forced: the tokens are exactly those of an engine without the feature.
 """
 
 from __future__ import annotations
@@ -36,12 +64,14 @@ from typing import Iterator, Mapping, Sequence
 
 import torch
 
+from ..tokenizer import END_THINK, THINK
 from .cache import CacheError, PagedKVCache
 from .sampler import (SamplingError, SamplingParams, draw, make_generator, processed_probs, sample,
                       speculative_accept)
 
 STOP, LENGTH, CANCELLED = "stop", "length", "cancelled"
 REPLACEMENT_CHAR = "\ufffd"   # a decoded partial UTF-8 character: held back while streaming
+FORCED_CLOSE = "\n" + END_THINK + "\n\n"   # the thinking budget's forced end of thinking
 
 
 class EngineError(ValueError):
@@ -96,6 +126,9 @@ class CompletionOutput:
     top_logprobs: list[dict[int, float]] | None = None             # when SamplingParams.logprobs is set
     finish_reason: str | None = None                               # 'stop' | 'length' | 'cancelled'
     stop_reason: int | str | None = None                           # the stop token id or stop string matched
+    reasoning_tokens: int = 0                                      # generated inside <think>…</think> (not
+                                                                   # the tags, not forced tokens)
+    reasoning_budget_hit: bool = False                             # max_reasoning_tokens forced FORCED_CLOSE
 
     @property
     def finished(self) -> bool:
@@ -116,7 +149,8 @@ class RequestOutput:
 
 @dataclass
 class StreamDelta:
-    """What one completion gained in one step (text held back while it may still change)."""
+    """What one completion gained in one step (text held back while it may still change).
+    ``reasoning_tokens``/``reasoning_budget_hit``: the completion's values so far (module docstring)."""
 
     request_id: int
     index: int
@@ -124,6 +158,8 @@ class StreamDelta:
     logprobs: list[float]
     text: str
     finish_reason: str | None
+    reasoning_tokens: int = 0
+    reasoning_budget_hit: bool = False
 
 
 # ------------------------------------------------------------------------- internals
@@ -140,6 +176,9 @@ class _Seq:
     emitted_text: int = 0
     mtp_h: torch.Tensor | None = None   # speculative decoding: main hidden states whose MTP entry is pending,
     mtp_pos: int = 0                    # for positions mtp_pos, mtp_pos + 1, …
+    reasoning: bool = False             # inside <think> … </think> now
+    at_limit: bool = False              # thinking budget spent: the next token is </think> or forced
+    forced: list[int] = field(default_factory=list)   # thinking budget: token ids still to force, in order
 
 
 @dataclass
@@ -153,6 +192,7 @@ class _Request:
     prefilled: int = 0
     admitted: bool = False
     stream: bool = False    # produce StreamDelta objects for this request
+    opens_reasoning: bool = False   # the prompt left a <think> open: completions start in reasoning
 
     @property
     def tracks_text(self) -> bool:
@@ -196,6 +236,7 @@ class Engine:
                               "this model has none")
         self.spec_drafted = 0    # draft tokens proposed / accepted since the engine started
         self.spec_accepted = 0
+        self._tags = _reasoning_tags(tokenizer)   # (<think> id, </think> id, FORCED_CLOSE ids) or None
 
     @property
     def acceptance_rate(self) -> float | None:
@@ -249,6 +290,10 @@ class Engine:
         if params.stop and self.tokenizer is None:
             raise SamplingError(f"stop strings {list(params.stop)!r} need a tokenizer; this engine has none "
                                 f"(Engine(model, None, ...)): use stop_token_ids")
+        if params.max_reasoning_tokens is not None and self._tags is None:
+            why = ("this engine has none (Engine(model, None, ...))" if self.tokenizer is None else
+                   f"this tokenizer does not spell {THINK} and {END_THINK} as one token each")
+            raise SamplingError(f"max_reasoning_tokens needs a tokenizer with {THINK}/{END_THINK} tokens; {why}")
         text, ids = self._prompt_ids(prompt)
         ctx = self.cfg.max_position_embeddings
         if len(ids) >= ctx:
@@ -263,7 +308,20 @@ class Engine:
                              f"(now {self.config.kv_cache_bytes}) or lower n/max_tokens")
         if params.n > self.config.max_num_seqs:
             raise EngineError(f"n={params.n} exceeds max_num_seqs={self.config.max_num_seqs}")
-        return _Request(next(self._ids), text, ids, params, max_new, stream=stream)
+        return _Request(next(self._ids), text, ids, params, max_new, stream=stream,
+                        opens_reasoning=self.opens_reasoning(ids))
+
+    def opens_reasoning(self, prompt_ids: Sequence[int]) -> bool:
+        """Whether completions of these prompt ids start in reasoning: the last ``<think>`` id comes
+        after the last ``</think>`` id (False without the tag tokens). Reads no engine state, so a
+        server may call it from any thread to start its ``ReasoningStreamParser`` the same way."""
+        if self._tags is None:
+            return False
+        think, end, _ = self._tags
+        for t in reversed(prompt_ids):
+            if t == think or t == end:
+                return t == think
+        return False
 
     def cancel(self, request_id: int) -> None:
         """Stop a request; its completions finish with 'cancelled' and its blocks are freed at the next step."""
@@ -315,7 +373,9 @@ class Engine:
                 self.cache.reserve(sid, len(req.prompt_ids) + req.max_new)
                 gen = make_generator(req.params.seed, i)
                 out = CompletionOutput(i, top_logprobs=[] if req.params.logprobs is not None else None)
-                req.seqs.append(_Seq(sid, req, out, gen))
+                s = _Seq(sid, req, out, gen, reasoning=req.opens_reasoning)
+                self._check_budget(s)   # a budget of 0 closes the thinking from the first token
+                req.seqs.append(s)
             req.admitted = True
             self.prefilling.append(req)
 
@@ -364,25 +424,60 @@ class Engine:
     def _sample_and_append(self, rows) -> list[StreamDelta]:
         seqs = [s for _, s in rows]
         k = max((s.req.params.logprobs or 0) for s in seqs)
+        forced = [s.forced[0] if s.forced else None for s in seqs]   # forcing under way: nothing to draw
         res = sample(torch.stack([r for r, _ in rows]), [s.req.params for s in seqs], [s.generator for s in seqs],
-                     top_logprobs=k)
+                     top_logprobs=k, forced=forced if any(f is not None for f in forced) else None)
         tokens, lps, slps = res.token_ids.tolist(), res.logprobs.tolist(), res.sampling_logprobs.tolist()
         deltas = []
         for i, s in enumerate(seqs):
-            self._append(s, tokens[i], lps[i], slps[i], res.top_ids, res.top_logprobs, i)
+            tok, lp, slp = tokens[i], lps[i], slps[i]
+            sub = self._budget_token(s, tok) if s.forced or s.at_limit else None
+            if sub is not None:
+                if forced[i] is None:   # forcing starts here: the model's log-prob of the forced token
+                    lp = float(torch.log_softmax(rows[i][0].float(), dim=-1)[sub])
+                tok, slp = sub, 0.0
+            self._append(s, tok, lp, slp, res.top_ids, res.top_logprobs, i, sub is not None)
             if s.req.stream:
                 deltas.append(self._delta(s))
         return deltas
 
-    def _append(self, s: _Seq, token: int, lp: float, slp: float, top_ids, top_lps, row: int) -> None:
+    def _append(self, s: _Seq, token: int, lp: float, slp: float, top_ids, top_lps, row: int,
+                forced: bool = False) -> None:
         out = s.out
         out.token_ids.append(token)
         out.logprobs.append(lp)
         out.sampling_logprobs.append(slp)
         if out.top_logprobs is not None:
             m = s.req.params.logprobs
-            out.top_logprobs.append(dict(zip(top_ids[row, :m].tolist(), top_lps[row, :m].tolist())))
+            # logprobs=0: the sampled token's log-prob only, no alternatives (top_ids is None then)
+            out.top_logprobs.append(dict(zip(top_ids[row, :m].tolist(), top_lps[row, :m].tolist())) if m else {})
+        if self._tags is not None:
+            think, end, _ = self._tags
+            if s.reasoning:
+                if token == end:
+                    s.reasoning = s.at_limit = False
+                elif not forced:
+                    out.reasoning_tokens += 1
+            elif token == think:
+                s.reasoning = True
         self._check_finished(s)
+        if not out.finished:
+            self._check_budget(s)
+
+    def _check_budget(self, s: _Seq) -> None:
+        """Spent budget and still thinking: the next token is the model's </think> or forced."""
+        budget = s.req.params.max_reasoning_tokens
+        if budget is not None and s.reasoning and not s.forced and s.out.reasoning_tokens >= budget:
+            s.at_limit = True
+
+    def _budget_token(self, s: _Seq, sampled: int) -> int | None:
+        """The token the thinking budget puts in place of ``sampled`` (None: keep it), consumed."""
+        if not s.forced:
+            if sampled == self._tags[1]:   # at the limit the model closed its thinking itself
+                return None
+            s.forced, s.at_limit = list(self._tags[2]), False
+            s.out.reasoning_budget_hit = True
+        return s.forced.pop(0)
 
     # -------------------------------------------------------------- MTP speculative decoding
     def _mtp_prefill(self, chunks, h: torch.Tensor) -> None:
@@ -434,6 +529,13 @@ class Engine:
         q = processed_probs(self.model.mtp_head(0, last), params)
         drafts = draw(q, gens)
         room = [len(s.out.token_ids) + 2 <= s.req.max_new for s in seqs]
+        forced = [bool(s.forced) for s in seqs]   # thinking budget: a forced token is its row's (certain) draft
+        if any(forced):
+            drafts = drafts.clone()
+            for i, s in enumerate(seqs):
+                if s.forced:
+                    drafts[i] = s.forced[0]
+        drafted = drafts.tolist()
         # 2. verify
         m = [len(f) - 1 for f in full]
         ids = torch.stack([torch.tensor([f[-1] for f in full]), drafts.cpu()], dim=1)[:, : 1 + any(room)]
@@ -453,19 +555,26 @@ class Engine:
         raw = torch.log_softmax(logits, dim=-1)
         kmax = max((p.logprobs or 0) for p in params)
         top_lps, top_ids = raw.topk(min(kmax, raw.shape[-1]), dim=-1) if kmax else (None, None)
-        self.spec_drafted += sum(room)
-        self.spec_accepted += int(accepted.sum())
         tok0, tok1, accepted = tok0.tolist(), tok1.tolist(), accepted.tolist()
+        self.spec_drafted += sum(r and not f for r, f in zip(room, forced))
+        self.spec_accepted += sum(a and not f for a, f in zip(accepted, forced))
         deltas = []
         for i, s in enumerate(seqs):
-            new = [tok0[i]] + ([tok1[i]] if accepted[i] else [])
-            for j, tok in enumerate(new):
-                if s.out.finished:
+            # Column 1 (p_{m+1}, tok1) is conditioned on the draft, so a second token is committed
+            # only when the first one is the draft: an accepted draft, or a forced token standing
+            # in for it. The thinking budget may replace either token (``_budget_token``).
+            committed = []
+            for j, cand in enumerate((tok0[i], tok1[i])[: 1 + room[i]]):
+                if s.out.finished or (j == 1 and not ((accepted[i] or forced[i]) and committed[0] == drafted[i])):
                     break
                 p = p0 if j == 0 else p1
-                self._append(s, tok, float(raw[i, j, tok]), float(p[i, tok].log()),
-                             None if top_ids is None else top_ids[:, j], None if top_lps is None else top_lps[:, j], i)
-            s.mtp_h, s.mtp_pos = h[i, : len(new)], m[i]
+                sub = self._budget_token(s, cand) if s.forced or s.at_limit else None
+                tok = cand if sub is None else sub
+                self._append(s, tok, float(raw[i, j, tok]), 0.0 if sub is not None else float(p[i, tok].log()),
+                             None if top_ids is None else top_ids[:, j], None if top_lps is None else top_lps[:, j], i,
+                             sub is not None)
+                committed.append(tok)
+            s.mtp_h, s.mtp_pos = h[i, : len(committed)], m[i]
             if s.req.stream:
                 deltas.append(self._delta(s))
         return deltas
@@ -539,7 +648,7 @@ class Engine:
         out = s.out
         text = self._visible_text(s)
         d = StreamDelta(s.req.rid, out.index, out.token_ids[s.emitted_tokens:], out.logprobs[s.emitted_tokens:],
-                        text[s.emitted_text:], out.finish_reason)
+                        text[s.emitted_text:], out.finish_reason, out.reasoning_tokens, out.reasoning_budget_hit)
         s.emitted_tokens, s.emitted_text = len(out.token_ids), max(len(text), s.emitted_text)
         return d
 
@@ -603,6 +712,17 @@ class Engine:
         if any(not 0 <= t < V for t in ids):
             raise EngineError(f"prompt token ids must be in 0..{V - 1}")
         return text, ids
+
+
+def _reasoning_tags(tokenizer) -> tuple[int, int, list[int]] | None:
+    """(<think> id, </think> id, the ids of FORCED_CLOSE) when the tokenizer spells each tag as one
+    token and FORCED_CLOSE holds the </think> token; else None (no reasoning tracking, no budget)."""
+    if tokenizer is None:
+        return None
+    think, end, close = (tokenizer.encode(x) for x in (THINK, END_THINK, FORCED_CLOSE))
+    if len(think) != 1 or len(end) != 1 or end[0] not in close:
+        return None
+    return think[0], end[0], close
 
 
 @contextlib.contextmanager

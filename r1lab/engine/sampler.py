@@ -30,12 +30,15 @@ class SamplingError(ValueError):
     """A sampling parameter is out of range (the message names it)."""
 
 
+GREEDY_EPS = 1e-5   # a temperature below this samples greedily (vLLM's _SAMPLING_EPS)
+
+
 @dataclass
 class SamplingParams:
     """How to sample the completions of one prompt.
 
     n: completions per prompt (they share the prompt's prefill).
-    temperature: 0 = greedy (argmax of the logits); > 0 scales logits before sampling.
+    temperature: 0 (or below GREEDY_EPS) = greedy (argmax of the logits); else scales logits before sampling.
     top_p: nucleus mass in (0, 1]; top_k: keep the k most likely (0 or -1 = off);
     min_p: drop tokens with p < min_p · p_max (0 = off).
     max_tokens: most new tokens per completion (also capped by the model's context).
@@ -43,6 +46,9 @@ class SamplingParams:
     EOS always does). include_stop: keep the matched stop string in ``text``.
     seed: makes the request reproducible; completion i uses a generator seeded from (seed, i).
     logprobs: also return the top-``logprobs`` alternatives per token (None = off).
+    max_reasoning_tokens: the thinking budget (None = unlimited): once a completion has written
+    this many tokens inside ``<think>`` … ``</think>`` the engine forces the end of the thinking
+    (engine.py, "Thinking budget"); 0 closes the thinking at once.
     """
 
     n: int = 1
@@ -56,13 +62,14 @@ class SamplingParams:
     seed: int | None = None
     logprobs: int | None = None
     include_stop: bool = False
+    max_reasoning_tokens: int | None = None
 
     def __post_init__(self):
         if isinstance(self.stop, str):
             self.stop = (self.stop,)
         self.stop = tuple(self.stop)
         self.stop_token_ids = tuple(int(t) for t in self.stop_token_ids)
-        lp, seed = self.logprobs, self.seed
+        lp, seed, budget = self.logprobs, self.seed, self.max_reasoning_tokens
         checks = [
             (_is_int(self.n) and self.n >= 1, f"n must be an integer >= 1, got {self.n!r}"),
             (_is_num(self.temperature) and self.temperature >= 0,
@@ -78,6 +85,8 @@ class SamplingParams:
             (all(isinstance(x, str) and x for x in self.stop), f"stop must be non-empty strings, got {self.stop!r}"),
             (all(t >= 0 for t in self.stop_token_ids),
              f"stop_token_ids must be non-negative, got {self.stop_token_ids!r}"),
+            (budget is None or (_is_int(budget) and budget >= 0),
+             f"max_reasoning_tokens must be a non-negative integer or None, got {budget!r}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -85,7 +94,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        # below GREEDY_EPS, logits / T overflows to inf/nan (1e-300 sampled garbage): argmax, as vLLM does
+        return self.temperature < GREEDY_EPS
 
     @property
     def truncates(self) -> bool:
@@ -133,23 +143,30 @@ class SampleResult:
 
 
 def sample(logits: torch.Tensor, params: Sequence[SamplingParams], generators: Sequence[torch.Generator],
-           top_logprobs: int = 0) -> SampleResult:
+           top_logprobs: int = 0, forced: Sequence[int | None] | None = None) -> SampleResult:
     """Pick one token per row of ``logits`` (N, V), row i with ``params[i]`` and ``generators[i]``.
 
     Greedy rows take the argmax and draw nothing. Sampled rows draw one uniform number from
     their own generator and invert the CDF of the processed distribution, so a row's choice
     depends only on its logits and its generator, never on the rest of the batch.
+    ``forced[i]`` not None: row i takes that token and draws nothing (the thinking budget's
+    closing text); its ``logprobs`` entry is still the model's own log-probability of it and
+    its ``sampling_logprobs`` entry 0 (a forced token is certain).
     """
     logits = logits.float()
     N, V = logits.shape
     raw = torch.log_softmax(logits, dim=-1)
     tokens = logits.argmax(dim=-1)
     sampling_lp = torch.zeros(N, device=logits.device)
-    rows = [i for i, p in enumerate(params) if not p.greedy]
+    fixed = [i for i, f in enumerate(forced or ()) if f is not None]
+    rows = [i for i, p in enumerate(params) if not p.greedy and not (fixed and forced[i] is not None)]
     if rows:
         idx = torch.tensor(rows, device=logits.device)
         chosen, lp = _sample_rows(logits[idx], [params[i] for i in rows], [generators[i] for i in rows])
         tokens[idx], sampling_lp[idx] = chosen, lp
+    if fixed:
+        tokens[torch.tensor(fixed, device=logits.device)] = torch.tensor([forced[i] for i in fixed],
+                                                                         device=logits.device)
     out = SampleResult(tokens, raw.gather(1, tokens[:, None]).squeeze(1), sampling_lp)
     if top_logprobs:
         out.top_logprobs, out.top_ids = raw.topk(min(top_logprobs, V), dim=-1)
