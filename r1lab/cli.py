@@ -359,6 +359,13 @@ class _HelpFormatter(argparse.HelpFormatter):
                                           max(names, default=0) + self._current_indent + self._indent_increment)
 
 
+def _device_flags(s: argparse.ArgumentParser, prefix: str = "") -> None:
+    """``--device``/``--dtype`` of the verbs that run the engine (r1lab/device.py's rule)."""
+    s.add_argument("--device", default="auto", help=f"{prefix}auto (CUDA if present), cpu, cuda, cuda:N (default auto)")
+    s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help=f"{prefix}weights and KV cache dtype (default: bfloat16 on CUDA, float32 on CPU)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="r1lab",
@@ -465,9 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spec-mtp", action="store_true",
                    help="speculative decoding with the model's MTP module (same outputs' distribution; "
                         "prints the acceptance rate)")
-    s.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N (default auto)")
-    s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                   help="weights and KV cache dtype (default: bfloat16 on CUDA, float32 on CPU)")
+    _device_flags(s)
     s.set_defaults(func=cmd_generate)
 
     s = sub.add_parser("eval", help="evaluate a model or an endpoint on a task (pass@1 over k samples, cons@k, pass@k)",
@@ -496,8 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="task option, e.g. --task-opt digits=[3,4] (repeatable)")
     s.add_argument("--output", metavar="DIR", help="write samples.jsonl, summary.json and summary.md here")
     s.add_argument("--kv-cache-mb", type=float, default=256.0, help="engine KV-cache budget in MiB (default 256)")
-    s.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
-    s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: bf16 on CUDA, fp32 on CPU")
+    _device_flags(s)
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API (thinking in reasoning_content)",
@@ -525,9 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest request body (default 1MiB; larger: 413)")
     s.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="on SIGTERM, how long running requests may finish (default 30)")
-    s.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N (default auto)")
-    s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                   help="weights and KV cache dtype (default: bfloat16 on CUDA, float32 on CPU)")
+    _device_flags(s)
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("chat", help="chat in the terminal with a model or an OpenAI-compatible endpoint",
@@ -552,9 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hide-thinking", action="store_true", help="do not print the thinking (/think toggles it)")
     s.add_argument("--system", metavar="TEXT", help="system prompt")
     s.add_argument("--seed", type=int, help="random seed (reproducible answers)")
-    s.add_argument("--device", default="auto", help="MODEL: auto (CUDA if present), cpu, cuda, cuda:N (default auto)")
-    s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                   help="MODEL: weights and KV cache dtype (default: bfloat16 on CUDA, float32 on CPU)")
+    _device_flags(s, "with MODEL: ")
     s.set_defaults(func=cmd_chat)
 
     for verb, func, example, desc in (
