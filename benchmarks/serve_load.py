@@ -11,13 +11,18 @@ C clients do). Both sides are warmed up, runs alternate (server, offline, server
 spell of the machine hits both, and each figure is the median of ``--runs`` (>= 3) runs; every
 run is printed.
 
+The offline engine runs twice per run: with torch's default threads (every core: what
+``r1lab generate`` gets) and with the server's engine-process threads (``r1lab serve`` gives its
+engine all cores but one and leaves one to the HTTP process and, here, the clients): the first
+ratio is the whole cost of serving on this machine, the second the cost of the HTTP layer.
+
 Figures: generated tokens/s (server: sum of ``usage.completion_tokens`` over the wall time from
 the first request sent to the last stream closed; offline: tokens over the loop's wall time),
 the ratio server/offline, TTFT p50/p99 (server: from sending the request to the first chunk
 carrying reasoning or content text; offline: from the start of the step that admitted the
 request — the first C at once, then each as a slot frees up, which is when its client would
-send it — to the end of the step that gave it its first token), per-run CPU of the server
-process and of the client, and errors (HTTP status, SSE error events, a stream without [DONE],
+send it — to the end of the step that gave it its first token), per-run CPU of the server (its HTTP
+and engine processes) and of the client, and errors (HTTP status, SSE error events, a stream without [DONE],
 no token text); requests whose completion-token count differs from the offline one (same
 seed) are counted apart, as a check that both sides did the same work. Also printed: the
 median of the runs' own ratios (each pair ran back to back, so it shrugs off a slow spell).
@@ -38,6 +43,7 @@ import itertools
 import json
 import os
 import platform
+import shlex
 import signal
 import statistics
 import subprocess
@@ -61,9 +67,9 @@ def make_prompts(count: int) -> list[list[dict]]:
 
 # ------------------------------------------------------------------------------ the server
 class Server:
-    def __init__(self, model: str, max_num_seqs: int, kv_cache_bytes: int):
+    def __init__(self, model: str, max_num_seqs: int, kv_cache_bytes: int, extra: list[str] = ()):
         cmd = [sys.executable, "-m", "r1lab.cli", "serve", model, "--port", "0", "--max-num-seqs", str(max_num_seqs),
-               "--max-queue", "1024", "--kv-cache-bytes", str(kv_cache_bytes)]
+               "--max-queue", "1024", "--kv-cache-bytes", str(kv_cache_bytes), *extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         if not line.startswith(READY):
@@ -77,12 +83,18 @@ class Server:
         threading.Thread(target=self.proc.stderr.read, daemon=True).start()
 
     def cpu_seconds(self) -> float | None:
-        """User + system CPU time the server process has used (Linux /proc; None elsewhere)."""
+        """User + system CPU time of the server: the HTTP process and its engine process (Linux
+        /proc; None elsewhere)."""
+        total = 0.0
         try:
-            fields = open(f"/proc/{self.proc.pid}/stat").read().rsplit(")", 1)[1].split()
+            pids = [self.proc.pid] + [int(p) for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == self.proc.pid]
+            for pid in pids:
+                fields = _stat(pid)
+                if fields is not None:
+                    total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         except OSError:
             return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
 
     def close(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -90,6 +102,18 @@ class Server:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _ppid(pid: int) -> int | None:
+    fields = _stat(pid)
+    return None if fields is None else int(fields[1])
 
 
 class HTTPError(Exception):
@@ -221,11 +245,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="r1zero-base")
     ap.add_argument("--clients", type=int, nargs="+", default=[32, 64])
-    ap.add_argument("--requests", type=int, default=2, help="requests per client per run, sent one after another")
+    ap.add_argument("--requests", type=int, default=8,
+                    help="requests per client per run, sent one after another (default 8: mostly steady state, "
+                         "not one wave's ramp-up and tail)")
     ap.add_argument("--runs", type=int, default=MIN_RUNS)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--kv-cache-bytes", type=int, default=256 * 2**20)
+    ap.add_argument("--serve-args", default="", help="extra flags for r1lab serve, e.g. '--threads 2'")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
     if args.runs < MIN_RUNS:
@@ -236,6 +263,12 @@ def main() -> None:
     import r1lab
     from r1lab.checkpoint import require_checkpoint
     from r1lab.generate import load_model_and_tokenizer
+    from r1lab.serve.engine_proc import default_threads
+
+    serve_args = shlex.split(args.serve_args)
+    all_threads = torch.get_num_threads()
+    engine_threads = (int(serve_args[serve_args.index("--threads") + 1]) if "--threads" in serve_args
+                      else default_threads("cpu"))
 
     model, tok = load_model_and_tokenizer(str(require_checkpoint(args.model)), None, "auto", None)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -245,21 +278,33 @@ def main() -> None:
           f"{torch.get_num_threads()}; python {platform.python_version()}, torch {torch.__version__}, "
           f"fastapi {fastapi.__version__}, uvicorn {uvicorn.__version__}, r1lab {r1lab.__version__} ({commit})")
     print(f"model {args.model}; chat prompts, stream, temperature {args.temperature}, max_tokens {args.max_tokens}, "
-          f"seed per request; {args.requests} requests per client; {args.runs} interleaved runs per side\n", flush=True)
+          f"seed per request; {args.requests} requests per client; {args.runs} interleaved runs per side")
+    print(f"offline: torch's default {all_threads} threads; offline/{engine_threads}t: the server engine process's "
+          f"{engine_threads} thread(s) (the rest of the CPU is the HTTP process's and the clients')\n", flush=True)
     figures = {"commit": commit, "torch": torch.__version__, "runs": args.runs, "max_tokens": args.max_tokens,
                "requests_per_client": args.requests}
     rows = []
     for clients in args.clients:
         prompts = make_prompts(clients * args.requests)
-        srv = Server(args.model, clients, args.kv_cache_bytes)
+        srv = Server(args.model, clients, args.kv_cache_bytes, shlex.split(args.serve_args))
         try:
             # warm-up: one short round on each side
             asyncio.run(server_run(srv, prompts[:clients], clients, 8, args.temperature))
             offline_run(model, tok, prompts[:clients], clients, 8, args.temperature, args.kv_cache_bytes)
-            runs_s, runs_o = [], []
+            torch.set_num_threads(engine_threads)
+            offline_run(model, tok, prompts[:clients], clients, 8, args.temperature, args.kv_cache_bytes)
+            torch.set_num_threads(all_threads)
+            runs_s, runs_o, runs_t = [], [], []
             for r in range(args.runs):
                 s = asyncio.run(server_run(srv, prompts, clients, args.max_tokens, args.temperature))
                 o = offline_run(model, tok, prompts, clients, args.max_tokens, args.temperature, args.kv_cache_bytes)
+                torch.set_num_threads(engine_threads)
+                try:
+                    t = offline_run(model, tok, prompts, clients, args.max_tokens, args.temperature,
+                                    args.kv_cache_bytes)
+                finally:
+                    torch.set_num_threads(all_threads)
+                runs_t.append(t)
                 # same seeds: the same completions unless batching rounds a sampled draw differently
                 s["mismatch"] = mismatch = sum(a != b for a, b in zip(s["tokens"], o["tokens"]))
                 runs_s.append(s)
@@ -269,7 +314,8 @@ def main() -> None:
                       f"{s['seconds']:.2f} s, {cpu}client CPU {s['client_cpu_s']:.2f} s, TTFT p50 {pct(s['ttft'], 50) * 1e3:.0f} ms p99 "
                       f"{pct(s['ttft'], 99) * 1e3:.0f} ms, errors {s['errors']}) | offline {o['tok_s']:7.0f} tok/s "
                       f"({sum(o['tokens'])} tokens, {o['seconds']:.2f} s, TTFT p50 {pct(o['ttft'], 50) * 1e3:.0f} ms "
-                      f"p99 {pct(o['ttft'], 99) * 1e3:.0f} ms) | ratio {s['tok_s'] / o['tok_s']:.2f}"
+                      f"p99 {pct(o['ttft'], 99) * 1e3:.0f} ms) | offline/{engine_threads}t {t['tok_s']:7.0f} tok/s | "
+                      f"ratio {s['tok_s'] / o['tok_s']:.2f}, /{engine_threads}t {s['tok_s'] / t['tok_s']:.2f}"
                       + (f" [{mismatch} token-count mismatches]" if mismatch else ""), flush=True)
         finally:
             srv.close()
@@ -282,21 +328,26 @@ def main() -> None:
                "offline_ttft_p99_ms": med(runs_o, lambda x: pct(x["ttft"], 99)) * 1e3,
                "errors": sum(x["errors"] for x in runs_s),
                "token_count_mismatches": sum(x["mismatch"] for x in runs_s),
-               "server_runs": [x["tok_s"] for x in runs_s], "offline_runs": [x["tok_s"] for x in runs_o]}
+               "server_runs": [x["tok_s"] for x in runs_s], "offline_runs": [x["tok_s"] for x in runs_o],
+               "engine_threads": engine_threads, "offline_same_threads_tok_s": med(runs_t, lambda x: x["tok_s"]),
+               "offline_same_threads_runs": [x["tok_s"] for x in runs_t]}
         row["ratio"] = row["server_tok_s"] / row["offline_tok_s"]
+        row["ratio_same_threads"] = row["server_tok_s"] / row["offline_same_threads_tok_s"]
         # each run's pair ran back to back: the median of the pairs' ratios shrugs off a slow spell
         row["median_run_ratio"] = statistics.median(a / b for a, b in zip(row["server_runs"], row["offline_runs"]))
         rows.append(row)
         figures[f"clients_{clients}"] = row
     print(f"\nmedians of {args.runs} runs")
     print(f"{'clients':>8}{'server tok/s':>14}{'offline tok/s':>15}{'ratio':>7}{'run ratio':>10}"
+          f"{f'offline/{engine_threads}t':>12}{'ratio':>7}"
           f"{'TTFT p50/p99 ms: server':>25}{'offline':>12}{'errors':>8}")
     for r in rows:
         print(f"{r['clients']:>8}{r['server_tok_s']:>14.0f}{r['offline_tok_s']:>15.0f}{r['ratio']:>7.2f}"
-              f"{r['median_run_ratio']:>10.2f}{r['server_ttft_p50_ms']:>18.0f}/{r['server_ttft_p99_ms']:<6.0f}"
+              f"{r['median_run_ratio']:>10.2f}{r['offline_same_threads_tok_s']:>12.0f}{r['ratio_same_threads']:>7.2f}{r['server_ttft_p50_ms']:>18.0f}/{r['server_ttft_p99_ms']:<6.0f}"
               f"{r['offline_ttft_p50_ms']:>6.0f}/{r['offline_ttft_p99_ms']:<6.0f}{r['errors']:>6}")
     print("RESULT " + " ".join(f"c{r['clients']}_ratio={r['ratio']:.2f} c{r['clients']}_run_ratio="
-                               f"{r['median_run_ratio']:.2f} c{r['clients']}_errors={r['errors']}"
+                               f"{r['median_run_ratio']:.2f} c{r['clients']}_ratio_{engine_threads}t="
+                               f"{r['ratio_same_threads']:.2f} c{r['clients']}_errors={r['errors']}"
                                for r in rows))
     if args.json:
         with open(args.json, "w") as f:

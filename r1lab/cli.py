@@ -7,6 +7,7 @@ Errors a user can fix (bad config, missing checkpoint, bad flag) print one line
 from __future__ import annotations
 
 import argparse
+import math
 import json
 import sys
 from pathlib import Path
@@ -116,6 +117,20 @@ def _int_arg(minimum: int, what: str):
 
 _positive_int_arg = _int_arg(1, "positive")
 _nonneg_int_arg = _int_arg(0, "non-negative")
+
+
+def _seconds_arg(minimum_exclusive: bool):
+    """An argparse type: a finite number of seconds, > 0 (or >= 0), else argparse's one-line error."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 0 or (minimum_exclusive and value == 0):
+            raise argparse.ArgumentTypeError(f"must be a number of seconds {'>' if minimum_exclusive else '>='} 0, "
+                                             f"got {text!r}")
+        return value
+    return parse
 
 
 R1_ZERO_DEMO_FLAGS = ("base", "recipe", "steps", "questions", "k", "threads")
@@ -287,14 +302,13 @@ def cmd_serve(args) -> int:
     keys += [k.strip() for k in os.environ.get("R1LAB_API_KEYS", "").split(",") if k.strip()]
     if any(not k or any(c.isspace() for c in k) for k in keys):
         raise CLIError("--api-key: keys must be non-empty and contain no spaces")
-    if args.drain_timeout < 0:
-        raise CLIError(f"--drain-timeout must be >= 0, got {args.drain_timeout:g}")
     return run_server(ServeOptions(
         model=args.model, host=args.host, port=args.port, api_keys=tuple(keys),
         served_model_name=args.served_model_name, max_num_seqs=args.max_num_seqs, max_queue=args.max_queue,
         max_model_len=args.max_model_len, kv_cache_bytes=args.kv_cache_bytes, spec_mtp=args.spec_mtp,
         effort_budgets=args.reasoning_effort_budgets or _effort_budgets_arg(""), max_body_bytes=args.max_body_bytes,
-        drain_timeout=args.drain_timeout, device=args.device, dtype=args.dtype))
+        drain_timeout=args.drain_timeout, client_timeout=args.client_timeout, device=args.device, dtype=args.dtype,
+        threads=args.threads))
 
 
 BYTE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
@@ -527,8 +541,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="thinking budgets of reasoning_effort (default low=256,medium=1024,high=4096)")
     s.add_argument("--max-body-bytes", type=_bytes_arg, default=2**20, metavar="SIZE",
                    help="largest request body (default 1MiB; larger: 413)")
-    s.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
+    s.add_argument("--drain-timeout", type=_seconds_arg(False), default=30.0, metavar="SECONDS",
                    help="on SIGTERM, how long running requests may finish (default 30)")
+    s.add_argument("--client-timeout", type=_seconds_arg(True), default=30.0, metavar="SECONDS",
+                   help="a client must send a request's headers, then its body, within this (default 30; slower: "
+                        "the connection is closed, or 408)")
+    s.add_argument("--threads", type=_positive_int_arg, metavar="N",
+                   help="torch CPU threads of the engine process (default: all cores but one on CPU, leaving one "
+                        "to the HTTP process)")
     _device_flags(s)
     s.set_defaults(func=cmd_serve)
 

@@ -36,6 +36,26 @@ def prompt_opens_reasoning(prompt: str) -> bool:
     return prompt.rstrip().endswith(THINK)
 
 
+def reasoning_tag_ids(tokenizer) -> tuple[int, int] | None:
+    """(``<think>`` id, ``</think>`` id) when the tokenizer spells each tag as one token, else None."""
+    if tokenizer is None:
+        return None
+    think, end = tokenizer.encode(THINK), tokenizer.encode(END_THINK)
+    return (think[0], end[0]) if len(think) == 1 and len(end) == 1 else None
+
+
+def ids_open_reasoning(tag_ids: tuple[int, int] | None, prompt_ids) -> bool:
+    """Whether completions of these prompt ids start in reasoning: the last ``<think>`` id comes
+    after the last ``</think>`` id (False without the tag tokens) — ``prompt_opens_reasoning`` for ids."""
+    if tag_ids is None:
+        return False
+    think, end = tag_ids
+    for t in reversed(prompt_ids):
+        if t == think or t == end:
+            return t == think
+    return False
+
+
 def split_reasoning(text: str, started_in_reasoning: bool = True) -> tuple[str, str]:
     """``(reasoning, answer)`` of a completion; see the module docstring for the rule."""
     s = text.lstrip()

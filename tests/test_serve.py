@@ -500,7 +500,83 @@ def test_full_server_is_429_then_sigterm_lets_8_streams_finish_and_exits_0():
         for t in threads:
             t.join(300)
         assert results == [("[DONE]", ["length"])] * 8, results
+        engine = engine_pid(s.proc.pid)
         assert s.proc.wait(60) == 0, "".join(s.stderr)
+        wait_for(lambda: not pid_alive(engine), 30, "the engine process to end with the server")
+    finally:
+        s.stop()
+
+
+def engine_pid(server_pid: int) -> int:
+    """The pid of the server's engine process (its child started by multiprocessing's spawn; the
+    other child, multiprocessing's resource tracker, is not it)."""
+    found: list[int] = []
+
+    def look():
+        found[:] = [int(p) for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == server_pid
+                    and b"spawn_main" in _cmdline(int(p))]
+        return bool(found)
+
+    wait_for(look, 30, "the engine process")
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError):
+        return None
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read()
+    except OSError:
+        return b""
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"      # a zombie has exited
+
+
+def test_the_engine_runs_in_its_own_process_and_its_death_stops_the_server():
+    """The engine is a child process (not the HTTP process). Killed mid-stream: the stream ends
+    with an SSE error event (engine_dead), /health says 503 until the server stops, and the
+    server exits 1 with one line on stderr (a supervisor restarts it)."""
+    s = Server("--max-num-seqs", "4")
+    try:
+        engine = engine_pid(s.proc.pid)
+        assert engine != s.proc.pid
+        conn = http.client.HTTPConnection(s.host, s.port, timeout=120)
+        conn.request("POST", "/v1/chat/completions", body=json.dumps(
+            {"model": MODEL, "messages": LONG, "max_tokens": 3000, "temperature": 0, "stream": True}),
+            headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        assert resp.status == 200
+        resp.readline()                       # the request runs in the engine process
+        os.kill(engine, signal.SIGKILL)
+        events = sse_events(resp)
+        assert events and isinstance(events[-1], dict) and events[-1]["error"]["code"] == "engine_dead", events[-3:]
+        assert "[DONE]" not in events
+        assert s.proc.wait(60) == 1
+        err = "".join(s.stderr)
+        assert "the engine process exited" in err and "Traceback" not in err, err[-2000:]
+    finally:
+        s.stop()
+
+
+def test_a_killed_server_takes_its_engine_process_with_it():
+    s = Server()
+    try:
+        engine = engine_pid(s.proc.pid)
+        s.proc.kill()
+        s.proc.wait(30)
+        wait_for(lambda: not pid_alive(engine), 30, "the orphaned engine process to exit")
     finally:
         s.stop()
 
@@ -545,7 +621,7 @@ def test_engine_failure_mid_stream_is_an_sse_error_event_and_serving_continues(o
     state = apps[0].state.r1
     loop = EngineLoop(engine, state.metrics, max_queue=8)
     loop.start()
-    state.attach(engine, tok, loop)
+    state.attach(tok, loop, engine.cfg.max_position_embeddings)
     try:
         with TestClient(apps[0]) as http_client:
             body = {"model": "m", "messages": LONG, "max_tokens": 50, "temperature": 0, "stream": True}
@@ -601,3 +677,35 @@ def test_before_the_model_is_loaded_and_a_body_that_never_arrives():
 
     asyncio.run(asyncio.wait_for(slow_loris(), 30))
     assert sent[0]["status"] == 408 and json.loads(sent[1]["body"])["error"]["code"] == "body_timeout"
+
+
+def test_pre_rendered_stream_chunks_are_the_json_of_their_objects():
+    """The SSE hot path renders a chunk from a pre-rendered envelope and a templated choice: the
+    text must be exactly ``json.dumps`` of the object (quotes, backslashes, control characters,
+    non-ASCII, lone surrogates from byte-level pieces)."""
+    import asyncio
+
+    from r1lab.serve.app import ServeState, ServeConfig, _Generation, _text_choice
+    from r1lab.serve.loop import Handle
+    from r1lab.serve.protocol import ChatCompletionRequest
+
+    texts = ['a "quoted" \\ back', "tab\there\nnew", "\x00\x1f\x7f", "日本語 ∑ 😀", "</think>", "\ud800", ""]
+    for include_usage in (False, True):
+        body = ChatCompletionRequest(model="m", messages=SHORT, stream=True,
+                                     stream_options={"include_usage": include_usage})
+        gen = _Generation(ServeState(ServeConfig(model_name='m "x" ☃')), body,
+                          Handle(asyncio.new_event_loop(), [1], None, True, 0.0), 3, True, True)
+        for text in texts:
+            for delta in ({"content": text}, {"reasoning_content": text, "reasoning": text}):
+                choice = {"index": 2, "delta": delta, "logprobs": None, "finish_reason": None}
+                assert json.loads(_text_choice(2, delta)) == choice
+                assert _text_choice(2, delta) == json.dumps(choice, ensure_ascii=False)
+                chunk = gen._chunk([_text_choice(2, delta)])
+                assert chunk.startswith("data: ") and chunk.endswith("\n\n")
+                want = {"id": gen.id, "object": "chat.completion.chunk", "created": gen.created, "model": 'm "x" ☃',
+                        "choices": [choice]}
+                if include_usage:
+                    want["usage"] = None
+                assert json.loads(chunk[6:]) == want
+        usage = {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+        assert json.loads(gen._chunk([], usage=usage)[6:])["usage"] == usage

@@ -64,6 +64,7 @@ from typing import Iterator, Mapping, Sequence
 
 import torch
 
+from ..reasoning import ids_open_reasoning
 from ..tokenizer import END_THINK, THINK
 from .cache import CacheError, PagedKVCache
 from .sampler import (SamplingError, SamplingParams, draw, make_generator, processed_probs, sample,
@@ -315,13 +316,7 @@ class Engine:
         """Whether completions of these prompt ids start in reasoning: the last ``<think>`` id comes
         after the last ``</think>`` id (False without the tag tokens). Reads no engine state, so a
         server may call it from any thread to start its ``ReasoningStreamParser`` the same way."""
-        if self._tags is None:
-            return False
-        think, end, _ = self._tags
-        for t in reversed(prompt_ids):
-            if t == think or t == end:
-                return t == think
-        return False
+        return ids_open_reasoning(self._tags[:2] if self._tags else None, prompt_ids)
 
     def cancel(self, request_id: int) -> None:
         """Stop a request; its completions finish with 'cancelled' and its blocks are freed at the next step."""

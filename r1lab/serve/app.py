@@ -34,7 +34,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..reasoning import ANSWER_KIND, ReasoningStreamParser, prompt_opens_reasoning, split_reasoning
+from ..reasoning import (ANSWER_KIND, ReasoningStreamParser, ids_open_reasoning, prompt_opens_reasoning,
+                         reasoning_tag_ids, split_reasoning)
 from .errors import APIError, install_handlers, send_error, sse_error
 from .loop import DELTAS, DONE, ERROR, EngineLoop, Handle
 from .metrics import ServeMetrics
@@ -68,17 +69,18 @@ class ServeState:
     def __init__(self, config: ServeConfig):
         self.config = config
         self.metrics = ServeMetrics(config.model_name)
-        self.loop: EngineLoop | None = None
+        self.loop: EngineLoop | None = None      # or an EngineProcess (the same surface)
         self.tokenizer = None
+        self.tag_ids: tuple[int, int] | None = None
         self.max_model_len = 0
         self.created = int(time.time())
         self._token_info: dict[int, tuple[str, list[int]]] = {}
 
-    def attach(self, engine, tokenizer, loop: EngineLoop) -> None:
-        """The model is loaded: start answering."""
-        ctx = engine.cfg.max_position_embeddings
-        self.max_model_len = min(ctx, self.config.max_model_len or ctx)
+    def attach(self, tokenizer, loop, context_len: int) -> None:
+        """The model is loaded (``loop``: an ``EngineLoop`` or ``EngineProcess``): start answering."""
+        self.max_model_len = min(context_len, self.config.max_model_len or context_len)
         self.tokenizer = tokenizer
+        self.tag_ids = reasoning_tag_ids(tokenizer)
         self.loop = loop
 
     @property
@@ -157,7 +159,8 @@ def create_app(config: ServeConfig) -> FastAPI:
             if bad is not None:
                 raise APIError(400, f"prompt: token id {bad} is outside the vocabulary (0..{vocab - 1})",
                                param="prompt", code="invalid_value")
-            ids, opened = list(body.prompt), False
+            ids = list(body.prompt)
+            opened = ids_open_reasoning(state.tag_ids, ids)
         return await _generate(state, request, body, ids, "prompt", chat=False, opens_reasoning=opened)
 
     @app.get("/", include_in_schema=False)
@@ -307,6 +310,11 @@ class _Generation:
         self.created = int(time.time())
         self.model = state.config.model_name
         self.logprobs = body.wants_logprobs
+        # every chunk is this envelope around its choices (rendered once, not per token)
+        head = json.dumps({"id": self.id, "object": "chat.completion.chunk" if chat else "text_completion",
+                           "created": self.created, "model": self.model}, ensure_ascii=False)
+        self._head = "data: " + head[:-1] + ', "choices": ['
+        self._tail = "]" + (', "usage": null' if body.include_usage else "") + "}\n\n"
 
     # ---------------------------------------------------------------- whole response
     def full_response(self, final) -> dict:
@@ -373,11 +381,11 @@ class _Generation:
                 loop.cancel(h)
 
     def _chunk(self, choices: list, usage: dict | None = None) -> str:
-        obj = {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
-               "created": self.created, "model": self.model, "choices": choices}
-        if self.body.include_usage:
-            obj["usage"] = usage
-        return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+        """One SSE event: ``data: {id, object, created, model, choices[, usage]}``."""
+        body = ", ".join(c if isinstance(c, str) else json.dumps(c, ensure_ascii=False) for c in choices)
+        if usage is None:
+            return self._head + body + self._tail
+        return self._head + body + "], \"usage\": " + json.dumps(usage) + "}\n\n"
 
     def _delta_chunks(self, d, tops, parser: ReasoningStreamParser) -> list[str]:
         i = d.index
@@ -394,6 +402,9 @@ class _Generation:
             if lp is not None and not deltas:
                 deltas = [{}]
             for j, delta in enumerate(deltas):
+                if lp is None:       # the hot path: a text delta, rendered without a dict
+                    chunks.append(self._chunk([_text_choice(i, delta)]))
+                    continue
                 last = j == len(deltas) - 1
                 chunks.append(self._chunk([{"index": i, "delta": delta, "logprobs": lp if last else None,
                                             "finish_reason": None}]))
@@ -431,6 +442,13 @@ class _Generation:
                for k in range(len(token_ids))]
         return {"tokens": texts, "token_logprobs": [_finite(x) for x in logprobs], "top_logprobs": top,
                 "text_offset": offsets}
+
+
+def _text_choice(index: int, delta: dict) -> str:
+    """``{"index": i, "delta": {...}, "logprobs": null, "finish_reason": null}`` as JSON text
+    (the same text ``json.dumps`` gives the dict)."""
+    fields = ", ".join(f'"{k}": {json.dumps(v, ensure_ascii=False)}' for k, v in delta.items())
+    return f'{{"index": {index}, "delta": {{{fields}}}, "logprobs": null, "finish_reason": null}}'
 
 
 def _finite(x: float) -> float:

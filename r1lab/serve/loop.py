@@ -10,8 +10,10 @@ and wake the thread. The thread, in a loop:
    left (the engine frees their blocks at the next step);
 2. runs ``engine.step()`` while any request is unfinished, else sleeps on the condition;
 3. routes the step's ``StreamDelta``s and the final outputs of finished requests (released
-   from the engine at once) to the per-request ``asyncio.Queue``s — all of one step in ONE
-   ``call_soon_threadsafe`` (per step, not per token: the hand-off must not cost throughput);
+   from the engine at once) with ONE call of ``deliver`` per step (per step, not per token: the
+   hand-off must not cost throughput). The default ``deliver`` puts them on the per-request
+   ``asyncio.Queue``s with one ``call_soon_threadsafe`` per event loop; in the engine process
+   (``engine_proc``) it sends them to the HTTP process instead;
 4. updates the metrics (gauges, token counters, latencies).
 
 Admission control: at most ``max_num_seqs + max_queue`` requests are in flight (submitted and
@@ -47,13 +49,14 @@ ACCEPTED, DELTAS, DONE, ERROR = "accepted", "deltas", "done", "error"
 class Handle:
     """One request as the HTTP side sees it: its event queue and the loop it lives on."""
 
-    aloop: asyncio.AbstractEventLoop
+    aloop: asyncio.AbstractEventLoop | None     # None in the engine process (no HTTP side there)
     prompt: list[int]
     params: object            # SamplingParams
     stream: bool
     arrival: float            # time.monotonic() when the HTTP request arrived
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     rid: int | None = None
+    key: int | None = None    # the request's number between the HTTP and the engine process
     finished: bool = False    # DONE or ERROR delivered (set on the asyncio side)
     # loop-thread bookkeeping
     seen: list[int] = field(default_factory=list)      # tokens counted so far, per completion
@@ -61,44 +64,29 @@ class Handle:
     first_token: float | None = None
 
 
-class EngineLoop:
-    def __init__(self, engine, metrics: ServeMetrics, max_queue: int):
-        self.engine, self.metrics, self.max_queue = engine, metrics, max_queue
+class Admission:
+    """What ``EngineLoop`` and ``engine_proc.EngineProcess`` share: admission (``capacity``
+    requests in flight, then 429; 503 while draining or dead), counted under ``_cv``, and
+    waiting for the requests in flight to end."""
+
+    def __init__(self, capacity: int):
         self._cv = threading.Condition()
-        self._inbox: list[Handle] = []
-        self._cancels: list[Handle] = []
-        self._live: dict[int, Handle] = {}       # rid -> handle (loop thread only)
         self._busy = 0                           # requests submitted and not finished
-        self.capacity = engine.config.max_num_seqs + max_queue
-        self._stop = False
+        self.capacity = capacity
         self.draining = False
         self.dead: BaseException | None = None
-        self.steps = 0
-        self._thread = threading.Thread(target=self._run, name="r1lab-engine-loop", daemon=True)
 
-    # ------------------------------------------------------------ any thread
-    def start(self) -> None:
-        self._thread.start()
-
-    def submit(self, handle: Handle) -> None:
-        with self._cv:
-            if self.dead is not None:
-                raise APIError(503, f"the engine loop stopped: {self.dead}", code="engine_dead")
-            if self.draining:
-                raise APIError(503, "the server is shutting down; retry on another replica", code="draining",
-                               headers={"Retry-After": str(RETRY_AFTER_S)})
-            if self._busy >= self.capacity:
-                raise APIError(429, f"the server is full ({self._busy} requests running or waiting); retry later",
-                               code="queue_full", headers={"Retry-After": str(RETRY_AFTER_S)})
-            self._inbox.append(handle)
-            self._busy += 1
-            self._cv.notify()
-
-    def cancel(self, handle: Handle) -> None:
-        """The client left: stop generating for it (safe to call twice, or after it finished)."""
-        with self._cv:
-            self._cancels.append(handle)
-            self._cv.notify()
+    def _admit(self) -> None:
+        """Count one more request in flight, or raise the APIError that refuses it (hold ``_cv``)."""
+        if self.dead is not None:
+            raise APIError(503, f"the engine loop stopped: {self.dead}", code="engine_dead")
+        if self.draining:
+            raise APIError(503, "the server is shutting down; retry on another replica", code="draining",
+                           headers={"Retry-After": str(RETRY_AFTER_S)})
+        if self._busy >= self.capacity:
+            raise APIError(429, f"the server is full ({self._busy} requests running or waiting); retry later",
+                           code="queue_full", headers={"Retry-After": str(RETRY_AFTER_S)})
+        self._busy += 1
 
     def start_drain(self) -> None:
         with self._cv:
@@ -116,6 +104,39 @@ class EngineLoop:
                 self._cv.wait(left)
             return True
 
+    @property
+    def in_flight(self) -> int:
+        return self._busy
+
+
+class EngineLoop(Admission):
+    def __init__(self, engine, metrics: ServeMetrics, max_queue: int, deliver=None):
+        super().__init__(engine.config.max_num_seqs + max_queue)
+        self.engine, self.metrics, self.max_queue = engine, metrics, max_queue
+        self._deliver = deliver or deliver_to_event_loops
+        self._inbox: list[Handle] = []
+        self._cancels: list[Handle] = []
+        self._live: dict[int, Handle] = {}       # rid -> handle (loop thread only)
+        self._stop = False
+        self.steps = 0
+        self._thread = threading.Thread(target=self._run, name="r1lab-engine-loop", daemon=True)
+
+    # ------------------------------------------------------------ any thread
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, handle: Handle) -> None:
+        with self._cv:
+            self._admit()
+            self._inbox.append(handle)
+            self._cv.notify()
+
+    def cancel(self, handle: Handle) -> None:
+        """The client left: stop generating for it (safe to call twice, or after it finished)."""
+        with self._cv:
+            self._cancels.append(handle)
+            self._cv.notify()
+
     def cancel_all(self) -> None:
         with self._cv:
             self._cancels.append(None)    # None = every live request
@@ -128,10 +149,6 @@ class EngineLoop:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
-    @property
-    def in_flight(self) -> int:
-        return self._busy
-
     # ------------------------------------------------------------ the loop thread
     def _run(self) -> None:
         try:
@@ -143,7 +160,7 @@ class EngineLoop:
                         break
                     inbox, self._inbox = self._inbox, []
                     cancels, self._cancels = self._cancels, []
-                out: dict[asyncio.AbstractEventLoop, list] = defaultdict(list)
+                out: list = []          # (handle, event) of this round, delivered at once
                 try:
                     self._take(inbox, cancels, out)
                     if self._live:
@@ -167,7 +184,7 @@ class EngineLoop:
                 continue
             self._live[h.rid] = h
             self.metrics.prompt_tokens.inc(len(h.prompt))
-            out[h.aloop].append((h, (ACCEPTED, h.rid)))
+            out.append((h, (ACCEPTED, h.rid)))
         if None in cancels:
             for rid in list(self._live):
                 self.engine.cancel(rid)
@@ -207,7 +224,7 @@ class EngineLoop:
                     k = len(d.token_ids)
                     tops = o.top_logprobs[len(o.top_logprobs) - k:] if o.top_logprobs is not None and k else None
                     items.append((d, tops))
-                out[h.aloop].append((h, (DELTAS, items)))
+                out.append((h, (DELTAS, items)))
             if eng.requests[rid].done:
                 final = eng.output(rid, release=True)
                 del self._live[rid]
@@ -251,17 +268,14 @@ class EngineLoop:
             m.success("length" if "length" in reasons else "stop")
 
     def _finish(self, h: Handle, out, event) -> None:
-        out[h.aloop].append((h, event))
+        out.append((h, event))
         with self._cv:
             self._busy -= 1
             self._cv.notify_all()
 
-    def _post(self, out) -> None:
-        for aloop, items in out.items():
-            try:
-                aloop.call_soon_threadsafe(_deliver, items)
-            except RuntimeError:     # the event loop is closed (server shutting down)
-                pass
+    def _post(self, out: list) -> None:
+        if out:
+            self._deliver(out)
 
     def _recover(self) -> None:
         """After a failed step: cancel everything the engine holds (the next step frees it) so the
@@ -278,7 +292,7 @@ class EngineLoop:
                 eng.output(rid, release=True)
 
     def _die(self, e: BaseException) -> None:
-        out: dict = defaultdict(list)
+        out: list = []
         with self._cv:
             self.dead = e
             pending = self._inbox + list(self._live.values())
@@ -289,8 +303,21 @@ class EngineLoop:
         self._post(out)
 
 
-def _deliver(items: list) -> None:
-    """On the event loop: hand each request its events of one step."""
+def deliver_to_event_loops(items: list) -> None:
+    """From any thread: hand each request its events of one round, with one
+    ``call_soon_threadsafe`` per event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list] = defaultdict(list)
+    for h, event in items:
+        by_loop[h.aloop].append((h, event))
+    for aloop, mine in by_loop.items():
+        try:
+            aloop.call_soon_threadsafe(_put_events, mine)
+        except RuntimeError:     # the event loop is closed (server shutting down)
+            pass
+
+
+def _put_events(items: list) -> None:
+    """On the event loop: put each request's events on its queue."""
     for h, event in items:
         h.queue.put_nowait(event)
 

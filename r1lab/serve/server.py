@@ -6,8 +6,13 @@ Order of events:
 2. the socket is bound (``--port 0`` picks a free port) and uvicorn starts; meanwhile a thread
    loads the weights. ``/health`` answers at once, ``/ready`` and ``/v1/*`` say 503 until the
    model is loaded;
+   The model is loaded by the engine process (``engine_proc``: the engine and the HTTP server
+   run in two processes, so neither waits for the other's Python); this process loads only the
+   config and the tokenizer;
 3. once both are done the server prints ``r1lab serve: ready on http://HOST:PORT (model NAME)``;
-4. SIGTERM (or Ctrl-C): stop accepting (new requests 503, ``/ready`` 503), let the running
+4. if the engine process dies, running requests get a 500 (an SSE error event when streaming),
+   the server stops and exits 1, so a supervisor (systemd, Kubernetes) restarts it;
+5. SIGTERM (or Ctrl-C): stop accepting (new requests 503, ``/ready`` 503), let the running
    requests finish for up to ``--drain-timeout`` seconds, cancel what is left, exit 0. A
    second signal exits at once.
 """
@@ -44,8 +49,10 @@ class ServeOptions:
     effort_budgets: dict[str, int] = field(default_factory=dict)
     max_body_bytes: int = 2**20
     drain_timeout: float = 30.0
+    client_timeout: float = 30.0     # a request's headers, and then its body, must arrive within this
     device: str = "auto"
     dtype: str | None = None
+    threads: int | None = None       # the engine's torch CPU threads (None: all cores but one on CPU)
 
 
 def default_model_name(model: str) -> str:
@@ -60,7 +67,7 @@ def run_server(opts: ServeOptions) -> int:
     from ..checkpoint import CheckpointError, load_config, require_checkpoint
     from ..generate import GenerateError, resolve_device
     from .app import ServeConfig, create_app
-    from .loop import EngineLoop
+    from .engine_proc import EngineProcess, EngineProcessError, EngineSpec, default_threads
 
     try:
         model_dir = str(require_checkpoint(opts.model))
@@ -72,21 +79,29 @@ def run_server(opts: ServeOptions) -> int:
         raise ServeError(f"--max-model-len {opts.max_model_len} exceeds the model's context ({ctx})")
     if opts.max_num_seqs < 1 or opts.max_queue < 0:
         raise ServeError("--max-num-seqs must be >= 1 and --max-queue >= 0")
+    if opts.threads is not None and opts.threads < 1:
+        raise ServeError("--threads must be >= 1")
+    if not opts.client_timeout > 0:
+        raise ServeError("--client-timeout must be > 0 seconds")
     try:
-        resolve_device(opts.device, opts.dtype)
+        device, _ = resolve_device(opts.device, opts.dtype)
     except GenerateError as e:
         raise ServeError(str(e)) from None
     from ..engine import EngineConfig, EngineError
-    try:
-        engine_config = EngineConfig(kv_cache_bytes=opts.kv_cache_bytes, max_num_seqs=opts.max_num_seqs,
-                                     max_batch_tokens=max(4096, opts.max_num_seqs), spec_mtp=opts.spec_mtp)
+    max_batch_tokens = max(4096, opts.max_num_seqs)
+    try:     # checked here, before anything binds; the engine process builds its own
+        EngineConfig(kv_cache_bytes=opts.kv_cache_bytes, max_num_seqs=opts.max_num_seqs,
+                     max_batch_tokens=max_batch_tokens, spec_mtp=opts.spec_mtp)
     except EngineError as e:
         raise ServeError(str(e)) from None
+    spec = EngineSpec(model_dir=model_dir, device=opts.device, dtype=opts.dtype, kv_cache_bytes=opts.kv_cache_bytes,
+                      max_num_seqs=opts.max_num_seqs, max_batch_tokens=max_batch_tokens, spec_mtp=opts.spec_mtp,
+                      threads=opts.threads or default_threads(device))
 
     name = opts.served_model_name or default_model_name(opts.model)
     config = ServeConfig(model_name=name, api_keys=tuple(opts.api_keys), max_queue=opts.max_queue,
                          max_model_len=opts.max_model_len, effort_budgets=dict(opts.effort_budgets),
-                         max_body_bytes=opts.max_body_bytes)
+                         max_body_bytes=opts.max_body_bytes, body_timeout_s=opts.client_timeout)
     app = create_app(config)
     state = app.state.r1
     try:
@@ -99,6 +114,7 @@ def run_server(opts: ServeOptions) -> int:
     import uvicorn
 
     server = _Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                                    http=_header_timeout_protocol(opts.client_timeout),
                                     timeout_graceful_shutdown=SHUTDOWN_GRACE_S),
                      state=state, drain_timeout=opts.drain_timeout)
     ready = _ReadyLine(f"r1lab serve: ready on http://{url_host}:{port} (model {name})")
@@ -106,34 +122,43 @@ def run_server(opts: ServeOptions) -> int:
 
     def load():
         try:
-            from ..engine import Engine
-            from ..generate import load_model_and_tokenizer
+            from ..tokenizer import load_tokenizer
 
-            model, tok = load_model_and_tokenizer(model_dir, None, opts.device, opts.dtype, error=ServeError)
-            if opts.spec_mtp and not getattr(model, "mtp_layers", None):
-                raise ServeError(f"--spec-mtp needs a model with an MTP module; {opts.model} has none")
-            engine = Engine(model, tok, engine_config)
-            loop = EngineLoop(engine, state.metrics, opts.max_queue)
-            loop.start()
-            state.attach(engine, tok, loop)
+            proc = EngineProcess(spec, state.metrics, opts.max_queue)
+            proc.on_dead = engine_died
+            holder.append(proc)
+            proc.start()                      # the model loads in the engine process
+            state.attach(load_tokenizer(model_dir), proc, ctx)
             ready.one_done()
+        except EngineProcessError as e:
+            server.load_error = ServeError(str(e))
+            server.should_exit = True
         except Exception as e:   # noqa: BLE001 — reported as one line, then the server stops
             server.load_error = e
             server.should_exit = True
+
+    holder: list = []        # the engine process, once created (stopped below even if it never got ready)
+    died: list = []
+
+    def engine_died(e: BaseException) -> None:
+        died.append(e)
+        print(f"r1lab serve: {e}; stopping", file=sys.stderr, flush=True)
+        server.should_exit = True
 
     loader = threading.Thread(target=load, name="r1lab-load", daemon=True)
     loader.start()
     try:
         server.run(sockets=[sock])
     finally:
-        if state.loop is not None:
-            state.loop.stop()
+        loader.join(1.0)
+        for proc in holder:
+            proc.stop()
     if server.load_error is not None:
         e = server.load_error
         if isinstance(e, (ServeError, ValueError, RuntimeError, OSError)):
             raise ServeError(f"loading {opts.model}: {e}") from None
         raise e
-    return 0
+    return 1 if died else 0
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -150,6 +175,43 @@ def _bind(host: str, port: int) -> socket.socket:
         raise
     sock.set_inheritable(True)
     return sock
+
+
+def _header_timeout_protocol(timeout_s: float, base=None):
+    """uvicorn's HTTP protocol (``base``; default h11, the strict parser: it refuses headers over
+    64 KiB and HTTP/1.1 requests without Host, which httptools lets through) that closes a connection whose
+    request headers are not complete ``timeout_s`` after it opened or after its previous response
+    ended (uvicorn has no such timeout: headers sent one byte a minute would hold the connection
+    forever; nginx's ``client_header_timeout``). A request being served is never cut."""
+    if base is None:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as base
+
+    class Protocol(base):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._r1_idle_since = self.loop.time()
+            self._r1_timer = self.loop.call_later(timeout_s, self._r1_check)
+
+        def on_response_complete(self):
+            super().on_response_complete()
+            self._r1_idle_since = self.loop.time()
+
+        def connection_lost(self, exc):
+            self._r1_timer.cancel()
+            super().connection_lost(exc)
+
+        def _r1_check(self):
+            if self.transport.is_closing():
+                return
+            cycle = self.cycle
+            busy = cycle is not None and not cycle.response_complete
+            waited = self.loop.time() - self._r1_idle_since
+            if not busy and waited >= timeout_s:
+                self.transport.close()
+                return
+            self._r1_timer = self.loop.call_later(timeout_s if busy else timeout_s - waited, self._r1_check)
+
+    return Protocol
 
 
 class _ReadyLine:
