@@ -119,6 +119,24 @@ _positive_int_arg = _int_arg(1, "positive")
 _nonneg_int_arg = _int_arg(0, "non-negative")
 
 
+def _fraction_arg(text: str) -> float:
+    """An argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text!r}")
+    return value
+
+
+def _off_or(kind):
+    """An argparse type: ``off`` (None) or what ``kind`` parses."""
+    def parse(text: str):
+        return None if text.strip().lower() == "off" else kind(text)
+    return parse
+
+
 def _seconds_arg(minimum_exclusive: bool):
     """An argparse type: a finite number of seconds, > 0 (or >= 0), else argparse's one-line error."""
     def parse(text: str) -> float:
@@ -214,6 +232,33 @@ def _task_options(pairs: list[str] | None) -> dict:
         except TrainError as e:
             raise CLIError(f"--task-opt: {e}") from None
     return out
+
+
+def cmd_rejection_sample(args) -> int:
+    from .train.rejection import FilterConfig, SampleConfig, parse_window, rejection_sample
+
+    tasks = [t.strip() for t in args.task.split(",") if t.strip()]
+    if args.kv_cache_mb <= 0:
+        raise CLIError(f"--kv-cache-mb must be positive, got {args.kv_cache_mb}")
+    lo, hi = parse_window(args.pass_rate)
+    filters = FilterConfig(pass_rate_min=lo, pass_rate_max=hi, drop_truncated=not args.keep_truncated,
+                           require_format=not args.keep_unformatted, require_correct=not args.keep_wrong,
+                           min_tokens=args.min_tokens, max_tokens=args.max_kept_tokens,
+                           min_language=args.min_language, max_paragraph_chars=args.max_paragraph_chars,
+                           drop_code_in_reasoning=not args.allow_code, dedup=not args.keep_duplicates,
+                           near_duplicate=args.near_duplicate, keep_per_prompt=args.keep_per_prompt)
+    sample = SampleConfig(k=args.k, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_tokens,
+                          split=args.split, limit=args.limit, seed=args.seed, kv_cache_mb=args.kv_cache_mb)
+    from .train.rejection import stats_paths
+    stats = rejection_sample(args.model, tasks, args.output, sample, filters,
+                             task_options=_task_options(args.task_opt) if args.task_opt else None,
+                             device=args.device, dtype=args.dtype, progress=not args.quiet)
+    dropped = ", ".join(f"{k} {v}" for k, v in stats["dropped"].items() if v) or "none"
+    js, md = stats_paths(Path(args.output))
+    print(f"kept {stats['kept']} of {stats['candidates']} completions ({stats['kept_fraction']:.1%}) from "
+          f"{stats['prompts_with_kept']} of {stats['prompts']} prompts; dropped: {dropped}")
+    print(f"wrote {args.output} (SFT chat JSONL), {js}, {md}")
+    return 0
 
 
 def cmd_eval(args) -> int:
@@ -488,6 +533,48 @@ def build_parser() -> argparse.ArgumentParser:
                         "prints the acceptance rate)")
     _device_flags(s)
     s.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("rejection-sample", help="sample k completions per prompt, keep the correct and readable ones "
+                                                "(SFT-ready chat JSONL + a statistics report)",
+                       description="SPEC §5 stage 3: sample --k completions per training prompt with the engine, "
+                                   "score them with the task, drop what each filter names (pass-rate window, "
+                                   "truncated, format, wrong, too short/long, language mixing, long paragraphs, "
+                                   "code in the reasoning, exact and near duplicates, per-prompt cap) and write "
+                                   "OUTPUT (chat JSONL for r1lab sft) with OUTPUT.stats.json / .stats.md.")
+    s.add_argument("--model", required=True, metavar="DIR", help="checkpoint directory or shipped model name")
+    s.add_argument("--task", required=True, metavar="NAME[,NAME…]", help="task(s) whose training prompts to sample")
+    s.add_argument("--k", type=_positive_int_arg, default=8, help="completions per prompt (default 8)")
+    s.add_argument("--output", default="rejection.jsonl", metavar="FILE.jsonl",
+                   help="kept completions (default rejection.jsonl; the report goes beside it)")
+    s.add_argument("--split", default="train", help="task split to sample (default train; never the test set)")
+    s.add_argument("--limit", type=_positive_int_arg, metavar="N", help="prompts per task (default: the whole split)")
+    s.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default 0.6)")
+    s.add_argument("--top-p", type=float, default=0.95, help="nucleus mass (default 0.95)")
+    s.add_argument("--max-tokens", type=_positive_int_arg, metavar="N", help="new tokens per completion (default: context)")
+    s.add_argument("--seed", type=_nonneg_int_arg, default=0, help="sampling seed (default 0)")
+    s.add_argument("--task-opt", action="append", metavar="KEY=VALUE",
+                   help="task option (repeatable; default: the options the model was trained with, from r1lab.json)")
+    s.add_argument("--kv-cache-mb", type=float, default=256.0, help="KV-cache budget in MiB (default 256)")
+    f = s.add_argument_group("filters (each reported; 'off' switches a threshold off)")
+    f.add_argument("--pass-rate", default="0,1", metavar="MIN,MAX",
+                   help="keep prompts whose pass rate is in [MIN, MAX] (default 0,1: all; e.g. 0.1,0.9)")
+    f.add_argument("--keep-truncated", action="store_true", help="keep completions that hit the token limit")
+    f.add_argument("--keep-unformatted", action="store_true", help="keep completions without reasoning</think>answer")
+    f.add_argument("--keep-wrong", action="store_true", help="keep wrong answers too")
+    f.add_argument("--min-tokens", type=_positive_int_arg, metavar="N", help="drop completions shorter than N tokens")
+    f.add_argument("--max-kept-tokens", type=_positive_int_arg, metavar="N", help="drop completions longer than N tokens")
+    f.add_argument("--min-language", type=_off_or(_fraction_arg), default=0.95, metavar="F|off",
+                   help="least share of reasoning words in the question's script (default 0.95)")
+    f.add_argument("--max-paragraph-chars", type=_off_or(_positive_int_arg), default=2000, metavar="N|off",
+                   help="drop reasoning with a paragraph longer than N characters (default 2000)")
+    f.add_argument("--allow-code", action="store_true", help="keep code blocks (```) inside the reasoning")
+    f.add_argument("--keep-duplicates", action="store_true", help="keep exact duplicates of a kept completion")
+    f.add_argument("--near-duplicate", type=_off_or(_fraction_arg), default=0.9, metavar="F|off",
+                   help="drop completions whose word-3-gram Jaccard similarity to a kept one is >= F (default 0.9)")
+    f.add_argument("--keep-per-prompt", type=_positive_int_arg, metavar="N", help="keep at most N per prompt")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    _device_flags(s)
+    s.set_defaults(func=cmd_rejection_sample)
 
     s = sub.add_parser("eval", help="evaluate a model or an endpoint on a task (pass@1 over k samples, cons@k, pass@k)",
                        description="Evaluate with DeepSeek-R1's protocol (SPEC §7): k samples per question at "
