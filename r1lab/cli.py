@@ -137,6 +137,36 @@ def _off_or(kind):
     return parse
 
 
+def _rejection_flags(s) -> None:
+    """The sampling and filter flags of rejection-sample and distill."""
+    s.add_argument("--split", default="train", help="task split to sample (default train; never the test set)")
+    s.add_argument("--limit", type=_positive_int_arg, metavar="N", help="prompts per task (default: the whole split)")
+    s.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default 0.6)")
+    s.add_argument("--top-p", type=float, default=0.95, help="nucleus mass (default 0.95)")
+    s.add_argument("--max-tokens", type=_positive_int_arg, metavar="N", help="new tokens per completion (default: context)")
+    s.add_argument("--seed", type=_nonneg_int_arg, default=0, help="sampling seed (default 0)")
+    s.add_argument("--task-opt", action="append", metavar="KEY=VALUE",
+                   help="task option (repeatable; default: the options the model was trained with, from r1lab.json)")
+    s.add_argument("--kv-cache-mb", type=float, default=256.0, help="KV-cache budget in MiB (default 256)")
+    f = s.add_argument_group("filters (each reported; 'off' switches a threshold off)")
+    f.add_argument("--pass-rate", default="0,1", metavar="MIN,MAX",
+                   help="keep prompts whose pass rate is in [MIN, MAX] (default 0,1: all; e.g. 0.1,0.9)")
+    f.add_argument("--keep-truncated", action="store_true", help="keep completions that hit the token limit")
+    f.add_argument("--keep-unformatted", action="store_true", help="keep completions without reasoning</think>answer")
+    f.add_argument("--keep-wrong", action="store_true", help="keep wrong answers too")
+    f.add_argument("--min-tokens", type=_positive_int_arg, metavar="N", help="drop completions shorter than N tokens")
+    f.add_argument("--max-kept-tokens", type=_positive_int_arg, metavar="N", help="drop completions longer than N tokens")
+    f.add_argument("--min-language", type=_off_or(_fraction_arg), default=0.95, metavar="F|off",
+                   help="least share of reasoning words in the question's script (default 0.95)")
+    f.add_argument("--max-paragraph-chars", type=_off_or(_positive_int_arg), default=2000, metavar="N|off",
+                   help="drop reasoning with a paragraph longer than N characters (default 2000)")
+    f.add_argument("--allow-code", action="store_true", help="keep code blocks (```) inside the reasoning")
+    f.add_argument("--keep-duplicates", action="store_true", help="keep exact duplicates of a kept completion")
+    f.add_argument("--near-duplicate", type=_off_or(_fraction_arg), default=0.9, metavar="F|off",
+                   help="drop completions whose word-3-gram Jaccard similarity to a kept one is >= F (default 0.9)")
+    f.add_argument("--keep-per-prompt", type=_positive_int_arg, metavar="N", help="keep at most N per prompt")
+
+
 def _seconds_arg(minimum_exclusive: bool):
     """An argparse type: a finite number of seconds, > 0 (or >= 0), else argparse's one-line error."""
     def parse(text: str) -> float:
@@ -234,10 +264,10 @@ def _task_options(pairs: list[str] | None) -> dict:
     return out
 
 
-def cmd_rejection_sample(args) -> int:
-    from .train.rejection import FilterConfig, SampleConfig, parse_window, rejection_sample
+def _rejection_configs(args):
+    """(SampleConfig, FilterConfig) of the rejection-sampling flags (rejection-sample, distill)."""
+    from .train.rejection import FilterConfig, SampleConfig, parse_window
 
-    tasks = [t.strip() for t in args.task.split(",") if t.strip()]
     if args.kv_cache_mb <= 0:
         raise CLIError(f"--kv-cache-mb must be positive, got {args.kv_cache_mb}")
     lo, hi = parse_window(args.pass_rate)
@@ -249,7 +279,18 @@ def cmd_rejection_sample(args) -> int:
                            near_duplicate=args.near_duplicate, keep_per_prompt=args.keep_per_prompt)
     sample = SampleConfig(k=args.k, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_tokens,
                           split=args.split, limit=args.limit, seed=args.seed, kv_cache_mb=args.kv_cache_mb)
-    from .train.rejection import stats_paths
+    return sample, filters
+
+
+def _task_list(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def cmd_rejection_sample(args) -> int:
+    from .train.rejection import rejection_sample, stats_paths
+
+    sample, filters = _rejection_configs(args)
+    tasks = _task_list(args.task)
     stats = rejection_sample(args.model, tasks, args.output, sample, filters,
                              task_options=_task_options(args.task_opt) if args.task_opt else None,
                              device=args.device, dtype=args.dtype, progress=not args.quiet)
@@ -258,6 +299,30 @@ def cmd_rejection_sample(args) -> int:
     print(f"kept {stats['kept']} of {stats['candidates']} completions ({stats['kept_fraction']:.1%}) from "
           f"{stats['prompts_with_kept']} of {stats['prompts']} prompts; dropped: {dropped}")
     print(f"wrote {args.output} (SFT chat JSONL), {js}, {md}")
+    return 0
+
+
+def cmd_distill(args) -> int:
+    from .train.distill import DistillConfig, distill
+
+    sample, filters = _rejection_configs(args)
+    cfg = DistillConfig(student=args.student, out_dir=args.out, teacher=args.teacher, tasks=_task_list(args.task),
+                        traces=list(args.traces or []), tokenizer=args.tokenizer, sample=sample, filters=filters,
+                        sft_overrides=list(args.set or []),
+                        task_options=_task_options(args.task_opt) if args.task_opt else None,
+                        device=args.device, dtype=args.dtype)
+    summary = distill(cfg, progress=not args.quiet)
+    ts = summary.get("trace_stats")
+    if ts:
+        reused = " (reused)" if summary.get("traces_reused") else ""
+        print(f"traces{reused}: kept {ts['kept']} of {ts['candidates']} teacher completions from {ts['prompts']} "
+              f"prompts -> {summary['traces'][0]}")
+    sft_sum = summary.get("sft", {})
+    if sft_sum.get("stopped"):
+        print(f"distill: stopped during SFT at step {sft_sum.get('step')}; run the same command again to continue")
+        return 143
+    print(f"distill: student {args.student} trained on the traces; wrote {summary['final']}/ (Hugging Face format: "
+          f"config.json, safetensors, tokenizer)")
     return 0
 
 
@@ -546,35 +611,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--k", type=_positive_int_arg, default=8, help="completions per prompt (default 8)")
     s.add_argument("--output", default="rejection.jsonl", metavar="FILE.jsonl",
                    help="kept completions (default rejection.jsonl; the report goes beside it)")
-    s.add_argument("--split", default="train", help="task split to sample (default train; never the test set)")
-    s.add_argument("--limit", type=_positive_int_arg, metavar="N", help="prompts per task (default: the whole split)")
-    s.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default 0.6)")
-    s.add_argument("--top-p", type=float, default=0.95, help="nucleus mass (default 0.95)")
-    s.add_argument("--max-tokens", type=_positive_int_arg, metavar="N", help="new tokens per completion (default: context)")
-    s.add_argument("--seed", type=_nonneg_int_arg, default=0, help="sampling seed (default 0)")
-    s.add_argument("--task-opt", action="append", metavar="KEY=VALUE",
-                   help="task option (repeatable; default: the options the model was trained with, from r1lab.json)")
-    s.add_argument("--kv-cache-mb", type=float, default=256.0, help="KV-cache budget in MiB (default 256)")
-    f = s.add_argument_group("filters (each reported; 'off' switches a threshold off)")
-    f.add_argument("--pass-rate", default="0,1", metavar="MIN,MAX",
-                   help="keep prompts whose pass rate is in [MIN, MAX] (default 0,1: all; e.g. 0.1,0.9)")
-    f.add_argument("--keep-truncated", action="store_true", help="keep completions that hit the token limit")
-    f.add_argument("--keep-unformatted", action="store_true", help="keep completions without reasoning</think>answer")
-    f.add_argument("--keep-wrong", action="store_true", help="keep wrong answers too")
-    f.add_argument("--min-tokens", type=_positive_int_arg, metavar="N", help="drop completions shorter than N tokens")
-    f.add_argument("--max-kept-tokens", type=_positive_int_arg, metavar="N", help="drop completions longer than N tokens")
-    f.add_argument("--min-language", type=_off_or(_fraction_arg), default=0.95, metavar="F|off",
-                   help="least share of reasoning words in the question's script (default 0.95)")
-    f.add_argument("--max-paragraph-chars", type=_off_or(_positive_int_arg), default=2000, metavar="N|off",
-                   help="drop reasoning with a paragraph longer than N characters (default 2000)")
-    f.add_argument("--allow-code", action="store_true", help="keep code blocks (```) inside the reasoning")
-    f.add_argument("--keep-duplicates", action="store_true", help="keep exact duplicates of a kept completion")
-    f.add_argument("--near-duplicate", type=_off_or(_fraction_arg), default=0.9, metavar="F|off",
-                   help="drop completions whose word-3-gram Jaccard similarity to a kept one is >= F (default 0.9)")
-    f.add_argument("--keep-per-prompt", type=_positive_int_arg, metavar="N", help="keep at most N per prompt")
+    _rejection_flags(s)
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     _device_flags(s)
     s.set_defaults(func=cmd_rejection_sample)
+
+    s = sub.add_parser("distill", help="distil a teacher's reasoning into a dense student (rejection-sampled traces "
+                                       "-> SFT; Hugging Face output)",
+                       description="SPEC §6: sample the teacher on --task training prompts and keep the correct, "
+                                   "readable completions (as rejection-sample; or give --traces), then SFT the "
+                                   "student (a dense qwen2/llama preset such as qwen2-tiny, or a checkpoint) on "
+                                   "them. OUT/final is the student in Hugging Face format. Re-running continues "
+                                   "where it stopped.")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--teacher", metavar="DIR", help="teacher checkpoint (or shipped name) to sample traces from")
+    src.add_argument("--traces", nargs="+", metavar="FILE.jsonl", help="chat JSONL traces to train on instead")
+    s.add_argument("--task", metavar="NAME[,NAME…]", help="with --teacher: task(s) whose training prompts to sample")
+    s.add_argument("--student", required=True, metavar="PRESET|DIR",
+                   help="dense student: a preset (qwen2-tiny, llama-tiny, qwen2-1.5b, …) or a checkpoint directory")
+    s.add_argument("--tokenizer", metavar="DIR",
+                   help="a preset student's tokenizer (default: the teacher's, else the shipped one)")
+    s.add_argument("--out", default="runs/distill", metavar="DIR", help="run directory (default runs/distill)")
+    s.add_argument("--k", type=_positive_int_arg, default=8, help="teacher completions per prompt (default 8)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="SFT recipe field for the student, e.g. --set steps=300 --set optim.lr=1e-3 (repeatable)")
+    _rejection_flags(s)
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    _device_flags(s)
+    s.set_defaults(func=cmd_distill)
 
     s = sub.add_parser("eval", help="evaluate a model or an endpoint on a task (pass@1 over k samples, cons@k, pass@k)",
                        description="Evaluate with DeepSeek-R1's protocol (SPEC §7): k samples per question at "

@@ -439,6 +439,20 @@ def _qwen2_1_5b() -> ModelConfig:
     )
 
 
+def _qwen2_tiny() -> ModelConfig:
+    # A CPU-size dense student (≈ 1.1M parameters) for the shipped 2048-token tokenizer.
+    return ModelConfig(
+        model_type="qwen2", vocab_size=2048, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, rope_theta=10000.0,
+        tie_word_embeddings=True, rms_norm_eps=1e-6,
+    )
+
+
+def _llama_tiny() -> ModelConfig:
+    # The Llama-layout twin of qwen2-tiny (no attention biases, untied head).
+    return _qwen2_tiny().replace(model_type="llama", tie_word_embeddings=False, rms_norm_eps=1e-5)
+
+
 def _llama3_8b() -> ModelConfig:
     # Shape of Llama-3.1-8B / DeepSeek-R1-Distill-Llama-8B.
     return ModelConfig(
@@ -458,6 +472,8 @@ PRESETS = {
     "deepseek-v3": _deepseek_v3,
     "deepseek-r1": _deepseek_v3,  # R1 is V3's architecture with RL-trained weights
     "qwen2-1.5b": _qwen2_1_5b,
+    "qwen2-tiny": _qwen2_tiny,
+    "llama-tiny": _llama_tiny,
     "llama3-8b": _llama3_8b,
 }
 
