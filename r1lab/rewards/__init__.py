@@ -8,6 +8,11 @@ Registered here on import: ``accuracy`` (math answers, rewards/math.py), ``forma
 ``tag_count``, ``language_consistency``, ``overlong`` (rewards/format.py), and, where those
 modules exist, the code and countdown rewards.
 
+A reward may also be any Python callable with that signature, named ``"package.module:function"``
+(imported on first use): the seam for a learned reward model (SPEC §5 stage 4). The registered
+``reward_model`` reward calls such a function on the final summary (``on: summary``, SPEC §5:
+helpfulness) or on the whole response (``on: response``: harmlessness).
+
 A training config names a weighted sum of rewards (SPEC §5: accuracy + format + language
 consistency). ``parse_reward_specs`` reads it from YAML, either as ``{"accuracy": 1.0,
 "format": 0.1}`` or as a list of ``{name, weight, options}``; ``CombinedReward`` computes
@@ -39,11 +44,42 @@ def register_reward(name: str):
 
 
 def get_reward(name: str) -> Callable[..., list[float]]:
-    """The reward function registered as ``name``."""
+    """The reward function registered as ``name``, or the callable ``"module:function"`` names."""
+    if isinstance(name, str) and ":" in name:
+        return import_callable(name, "reward")
     try:
         return REWARDS[name]
     except (KeyError, TypeError):
-        raise RewardError(f"unknown reward {name!r}; known: {', '.join(sorted(REWARDS))}") from None
+        raise RewardError(f"unknown reward {name!r}; known: {', '.join(sorted(REWARDS))}, "
+                          f"or a callable as 'package.module:function'") from None
+
+
+_IMPORTED: dict[str, Callable] = {}
+
+
+def import_callable(spec: str, what: str) -> Callable:
+    """The callable ``"package.module:function"`` names (cached); a one-line RewardError otherwise."""
+    fn = _IMPORTED.get(spec)
+    if fn is not None:
+        return fn
+    import importlib
+
+    module, _, attr = spec.partition(":")
+    if not module or not attr:
+        raise RewardError(f"{what} {spec!r}: write a callable as 'package.module:function'")
+    try:
+        mod = importlib.import_module(module)
+    except Exception as e:   # noqa: BLE001 — ImportError, or the module's own error: one line
+        raise RewardError(f"{what} {spec!r}: cannot import {module!r}: {type(e).__name__}: {e}") from None
+    fn = mod
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise RewardError(f"{what} {spec!r}: module {module!r} has no {attr!r}")
+    if not callable(fn):
+        raise RewardError(f"{what} {spec!r}: {attr!r} is not callable")
+    _IMPORTED[spec] = fn
+    return fn
 
 
 def _accepted_options(fn: Callable) -> tuple[set[str], bool]:
@@ -144,7 +180,7 @@ class CombinedReward:
         total = [0.0] * n
         per_reward: dict[str, list[float]] = {}
         for spec in self.specs:
-            fn = REWARDS[spec.name]
+            fn = get_reward(spec.name)
             names, any_kw = _accepted_options(fn)
             kwargs = {k: v for k, v in ctx.items() if any_kw or k in names}
             kwargs.update(spec.options)
@@ -175,6 +211,24 @@ def correct_reward(completions: Sequence[str], examples: Sequence[Any], task: An
     if task is None:
         raise RewardError("reward 'correct' needs the task (the trainer passes it); use 'accuracy' for math answers")
     return [float(s) for s in task.score(list(completions), list(examples))]
+
+
+@register_reward("reward_model")
+def reward_model_reward(completions: Sequence[str], examples: Sequence[Any], fn: str | None = None,
+                        on: str = "summary", started_in_reasoning: bool = True) -> list[float]:
+    """A learned (or any) scorer plugged in by name: ``fn`` is ``"package.module:function"``
+    taking ``(texts, examples)`` and returning one number per text. ``on: summary`` scores the
+    answer after ``</think>`` (SPEC §5 stage 4: helpfulness), ``on: response`` the whole
+    completion (harmlessness)."""
+    from ..reasoning import split_reasoning
+
+    if fn is None:
+        raise RewardError("reward 'reward_model' needs the option fn: 'package.module:function'")
+    if on not in ("summary", "response"):
+        raise RewardError(f"reward 'reward_model': option on must be summary or response, got {on!r}")
+    scorer = import_callable(fn, "reward_model fn")
+    texts = [split_reasoning(c, started_in_reasoning)[1] if on == "summary" else c for c in completions]
+    return [float(x) for x in scorer(texts, list(examples))]
 
 
 __all__ = ["REWARDS", "RewardError", "RewardSpec", "CombinedReward", "register_reward", "get_reward",
