@@ -10,7 +10,7 @@ import torch
 from r1lab import load_model
 from r1lab.cli import build_parser, main
 
-VERBS = {"info", "init", "demo", "tokenizer", "tokenize", "template", "generate", "eval", "pretrain", "sft", "grpo", "chat", "serve"}  # frozen surface: change on purpose, update here
+VERBS = {"info", "init", "demo", "tokenizer", "tokenize", "template", "generate", "eval", "pretrain", "sft", "grpo", "chat", "serve", "rejection-sample", "distill"}  # frozen surface: change on purpose, update here
 
 
 def run(*args, check=False):
