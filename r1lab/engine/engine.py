@@ -64,7 +64,7 @@ from typing import Iterator, Mapping, Sequence
 
 import torch
 
-from ..reasoning import ids_open_reasoning
+from ..reasoning import ids_open_reasoning, reasoning_tag_ids
 from ..tokenizer import END_THINK, THINK
 from .cache import CacheError, PagedKVCache
 from .sampler import (SamplingError, SamplingParams, draw, make_generator, processed_probs, sample,
@@ -712,12 +712,11 @@ class Engine:
 def _reasoning_tags(tokenizer) -> tuple[int, int, list[int]] | None:
     """(<think> id, </think> id, the ids of FORCED_CLOSE) when the tokenizer spells each tag as one
     token and FORCED_CLOSE holds the </think> token; else None (no reasoning tracking, no budget)."""
-    if tokenizer is None:
+    tags = reasoning_tag_ids(tokenizer)
+    if tags is None:
         return None
-    think, end, close = (tokenizer.encode(x) for x in (THINK, END_THINK, FORCED_CLOSE))
-    if len(think) != 1 or len(end) != 1 or end[0] not in close:
-        return None
-    return think[0], end[0], close
+    close = tokenizer.encode(FORCED_CLOSE)
+    return (*tags, close) if tags[1] in close else None
 
 
 @contextlib.contextmanager

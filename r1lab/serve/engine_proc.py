@@ -17,7 +17,7 @@ the metrics to the real Prometheus registry and hands the events to the requests
 Messages (pickled over a ``multiprocessing`` pipe):
   parent -> child: ("submit", key, prompt_ids, SamplingParams, stream, arrival), ("cancel", key),
                    ("cancel_all",), ("stop",)
-  child -> parent: ("ready", pid) or ("load_error", message) once; then ("events", [(key, event)],
+  child -> parent: ("ready",) or ("load_error", message) once; then ("events", [(key, event)],
                    metric_ops) per round; event = (ACCEPTED, rid) | (DELTAS, items) |
                    (DONE, RequestOutput) | (ERROR, (status, message, param, code, headers))
 
@@ -104,7 +104,6 @@ class EngineProcess(Admission):
         if msg[0] == "load_error":
             self._proc.join(5)
             raise EngineProcessError(msg[1])
-        self.pid = msg[1]
         self._reader.start()
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
@@ -158,8 +157,10 @@ class EngineProcess(Admission):
             with self._cv:
                 self.dead = e
                 pending, self._handles = list(self._handles.values()), {}
+                self._busy = 0           # every request in flight ends here
+                self._cv.notify_all()
             err = APIError(500, f"the engine loop stopped: {e}", code="engine_dead")
-            self._finish_all([(h, (ERROR, err)) for h in pending])
+            deliver_to_event_loops([(h, (ERROR, err)) for h in pending])
             if self.on_dead is not None:
                 self.on_dead(e)
 
@@ -180,9 +181,8 @@ class EngineProcess(Admission):
         if ended:
             with self._cv:
                 for h in ended:
-                    if self._handles.pop(h.key, None) is not None or self.dead is not None:
+                    if self._handles.pop(h.key, None) is not None:
                         self._busy -= 1
-                self._busy = max(self._busy, 0)
                 self._cv.notify_all()
         deliver_to_event_loops(out)
 
@@ -219,9 +219,6 @@ class MetricsRecorder:
     def success(self, finished_reason: str) -> None:
         self.ops.append(("success", "call", finished_reason))
 
-    def failure(self, status: int) -> None:
-        self.ops.append(("failure", "call", status))
-
     def take(self) -> list:
         ops = list(self.ops)
         self.ops.clear()
@@ -241,7 +238,7 @@ def _child_main(conn, spec: EngineSpec) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
-        loop = _build(spec)
+        engine = _build(spec)
     except Exception as e:   # noqa: BLE001 — one line to the parent
         msg = str(e) if isinstance(e, (ValueError, RuntimeError, OSError)) else f"{type(e).__name__}: {e}"
         try:
@@ -251,7 +248,7 @@ def _child_main(conn, spec: EngineSpec) -> None:
         return
     handles: dict[int, Handle] = {}
     send_lock = threading.Lock()
-    recorder = loop.metrics
+    recorder = MetricsRecorder()
 
     def deliver(out: list) -> None:
         items = []
@@ -265,10 +262,11 @@ def _child_main(conn, spec: EngineSpec) -> None:
         with send_lock:
             conn.send(("events", items, recorder.take()))
 
-    loop._deliver = deliver
+    # admission is the parent's: the child takes every request it is sent
+    loop = EngineLoop(engine, recorder, max_queue=None, deliver=deliver)
     loop.start()
     with send_lock:
-        conn.send(("ready", os.getpid()))
+        conn.send(("ready",))
     try:
         while True:
             try:
@@ -294,7 +292,7 @@ def _child_main(conn, spec: EngineSpec) -> None:
         conn.close()
 
 
-def _build(spec: EngineSpec) -> EngineLoop:
+def _build(spec: EngineSpec):
     import torch
 
     from ..engine import Engine, EngineConfig
@@ -305,10 +303,8 @@ def _build(spec: EngineSpec) -> EngineLoop:
     model, tok = load_model_and_tokenizer(spec.model_dir, None, spec.device, spec.dtype)
     if spec.spec_mtp and not getattr(model, "mtp_layers", None):
         raise ValueError(f"--spec-mtp needs a model with an MTP module; {spec.model_dir} has none")
-    engine = Engine(model, tok, EngineConfig(kv_cache_bytes=spec.kv_cache_bytes, max_num_seqs=spec.max_num_seqs,
-                                             max_batch_tokens=spec.max_batch_tokens, spec_mtp=spec.spec_mtp))
-    # admission is the parent's: the child takes every request it is sent
-    return EngineLoop(engine, MetricsRecorder(), max_queue=2**62)
+    return Engine(model, tok, EngineConfig(kv_cache_bytes=spec.kv_cache_bytes, max_num_seqs=spec.max_num_seqs,
+                                           max_batch_tokens=spec.max_batch_tokens, spec_mtp=spec.spec_mtp))
 
 
 def default_threads(device: str) -> int | None:

@@ -69,10 +69,10 @@ class Admission:
     requests in flight, then 429; 503 while draining or dead), counted under ``_cv``, and
     waiting for the requests in flight to end."""
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int | None):
         self._cv = threading.Condition()
         self._busy = 0                           # requests submitted and not finished
-        self.capacity = capacity
+        self.capacity = capacity                 # None: no limit (the engine process; the HTTP side admits)
         self.draining = False
         self.dead: BaseException | None = None
 
@@ -83,7 +83,7 @@ class Admission:
         if self.draining:
             raise APIError(503, "the server is shutting down; retry on another replica", code="draining",
                            headers={"Retry-After": str(RETRY_AFTER_S)})
-        if self._busy >= self.capacity:
+        if self.capacity is not None and self._busy >= self.capacity:
             raise APIError(429, f"the server is full ({self._busy} requests running or waiting); retry later",
                            code="queue_full", headers={"Retry-After": str(RETRY_AFTER_S)})
         self._busy += 1
@@ -110,8 +110,8 @@ class Admission:
 
 
 class EngineLoop(Admission):
-    def __init__(self, engine, metrics: ServeMetrics, max_queue: int, deliver=None):
-        super().__init__(engine.config.max_num_seqs + max_queue)
+    def __init__(self, engine, metrics: ServeMetrics, max_queue: int | None, deliver=None):
+        super().__init__(None if max_queue is None else engine.config.max_num_seqs + max_queue)
         self.engine, self.metrics, self.max_queue = engine, metrics, max_queue
         self._deliver = deliver or deliver_to_event_loops
         self._inbox: list[Handle] = []

@@ -67,7 +67,7 @@ def run_server(opts: ServeOptions) -> int:
     from ..checkpoint import CheckpointError, load_config, require_checkpoint
     from ..generate import GenerateError, resolve_device
     from .app import ServeConfig, create_app
-    from .engine_proc import EngineProcess, EngineProcessError, EngineSpec, default_threads
+    from .engine_proc import EngineProcess, EngineSpec, default_threads
 
     try:
         model_dir = str(require_checkpoint(opts.model))
@@ -130,9 +130,6 @@ def run_server(opts: ServeOptions) -> int:
             proc.start()                      # the model loads in the engine process
             state.attach(load_tokenizer(model_dir), proc, ctx)
             ready.one_done()
-        except EngineProcessError as e:
-            server.load_error = ServeError(str(e))
-            server.should_exit = True
         except Exception as e:   # noqa: BLE001 — reported as one line, then the server stops
             server.load_error = e
             server.should_exit = True

@@ -82,15 +82,12 @@ def sft_config(cfg: DistillConfig, traces: list[str]):
 def check_student(cfg: DistillConfig) -> None:
     """Before any sampling or training: the student resolves, is dense, and its vocabulary
     holds its tokenizer (so it can hold the traces)."""
-    from .loop import check_vocab, load_start
+    from .loop import resolve_start
 
-    sft = sft_config(cfg, ["-"])
-    model, tok = load_start(sft.model, 0)       # raises TrainError on a bad init / vocabulary
-    if model.config.model_type == "deepseek_v3":
+    model_cfg, _, _ = resolve_start(sft_config(cfg, ["-"]).model)   # TrainError on a bad init / vocabulary
+    if model_cfg.model_type == "deepseek_v3":
         raise DistillError(f"--student {cfg.student} is a DeepSeek MoE model; distillation trains a dense student "
                            f"(a qwen2/llama preset such as qwen2-tiny, or a dense checkpoint)")
-    check_vocab(model.config, tok)
-    del model
 
 
 def distill(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:

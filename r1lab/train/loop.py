@@ -126,9 +126,19 @@ def resolve_device(spec: str) -> torch.device:
 def load_start(spec: ModelSpec, seed: int) -> tuple[torch.nn.Module, Any]:
     """The model a run starts from (``spec.init``: preset, config.json or checkpoint
     directory) and its tokenizer, checked against each other. fp32 weights on the CPU."""
-    from ..checkpoint import SHIPPED_MODELS, load_config, load_model, resolve_checkpoint
-    from ..config import PRESETS, ConfigError, ModelConfig, preset
+    from ..checkpoint import load_model
     from ..model import build_model
+
+    cfg, checkpoint_dir, tokenizer = resolve_start(spec)
+    model = load_model(checkpoint_dir) if checkpoint_dir is not None else build_model(cfg, seed=seed)
+    return model, tokenizer
+
+
+def resolve_start(spec: ModelSpec) -> tuple[Any, Path | None, Any]:
+    """What ``load_start`` builds, without building it: (ModelConfig, checkpoint directory or
+    None, tokenizer), with every check (the init exists, overrides apply, the vocabulary fits)."""
+    from ..checkpoint import SHIPPED_MODELS, load_config, resolve_checkpoint
+    from ..config import PRESETS, ConfigError, ModelConfig, preset
     from ..tokenizer import load_tokenizer
 
     path = resolve_checkpoint(spec.init)
@@ -162,8 +172,7 @@ def load_start(spec: ModelSpec, seed: int) -> tuple[torch.nn.Module, Any]:
         tok_dir = str(checkpoint_dir)
     tokenizer = load_tokenizer(tok_dir)
     check_vocab(cfg, tokenizer)
-    model = load_model(checkpoint_dir) if checkpoint_dir is not None else build_model(cfg, seed=seed)
-    return model, tokenizer
+    return cfg, checkpoint_dir, tokenizer
 
 
 def start_meta(spec: ModelSpec) -> dict[str, Any]:

@@ -193,12 +193,13 @@ def filter_groups(groups: Sequence[Group], cfg: FilterConfig) -> dict[str, int]:
         kept = 0
         for c in g.candidates:
             why = _first_failing(c, g, cfg)
-            if why is None and cfg.dedup:
+            norm = sh = None
+            if why is None:
                 norm = _normalise(c.text)
-                if norm in kept_norm:
+                if cfg.dedup and norm in kept_norm:
                     why = "duplicate"
             if why is None and cfg.near_duplicate is not None:
-                sh = shingles(_normalise(c.text))
+                sh = shingles(norm)
                 if any(jaccard(sh, other) >= cfg.near_duplicate for other in kept_shingles):
                     why = "near_duplicate"
             if why is None and cfg.keep_per_prompt is not None and kept >= cfg.keep_per_prompt:
@@ -208,9 +209,9 @@ def filter_groups(groups: Sequence[Group], cfg: FilterConfig) -> dict[str, int]:
                 counts[why] += 1
                 continue
             kept += 1
-            kept_norm.add(_normalise(c.text))
-            if cfg.near_duplicate is not None:
-                kept_shingles.append(shingles(_normalise(c.text)))
+            kept_norm.add(norm)
+            if sh is not None:
+                kept_shingles.append(sh)
     return counts
 
 
@@ -317,7 +318,7 @@ def rejection_sample(model: str, tasks: Sequence[str], output: str | Path, sampl
                      model_obj=None, tokenizer=None) -> dict:
     """Sample, score, filter and write (module docstring). ``model`` is a checkpoint directory
     or shipped name (or pass a loaded ``model_obj`` and its ``tokenizer``); returns the stats."""
-    from ..eval.harness import EngineBackend, EvalError, Generation, _question_seed
+    from ..eval.harness import EngineBackend, EvalError, Generation, _bar, _question_seed, _task_options
     from ..model_meta import checkpoint_meta
     from ..tasks import TaskError, get_task
 
@@ -332,13 +333,11 @@ def rejection_sample(model: str, tasks: Sequence[str], output: str | Path, sampl
         raise RejectionError(f"--output {output} is a directory; give a file name such as {output}/traces.jsonl")
     meta = checkpoint_meta(model) if model_obj is None else {}
     style = meta.get("prompt_style") or "chat"
-    trained_task = (meta.get("task") or {}).get("name")
     loaded = []
     try:
         for name in tasks:
-            opts = task_options if task_options is not None else (
-                (meta.get("task") or {}).get("options", {}) if name == trained_task else {})
-            task = get_task(name, **(opts or {}))
+            opts, _ = _task_options(name, task_options, meta)     # the model's own options for its task
+            task = get_task(name, **opts)
             if sample.split not in task.splits:
                 raise RejectionError(f"task {name} has no split {sample.split!r} (it has {', '.join(task.splits)}); "
                                      f"sample from training prompts, never from the test set (--split)")
@@ -396,13 +395,6 @@ def rejection_sample(model: str, tasks: Sequence[str], output: str | Path, sampl
         "seconds": time.time() - start})
     write_outputs(output, records, stats)
     return stats
-
-
-def _bar(total: int, desc: str, on: bool):
-    if not on:
-        return None
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit="prompt", leave=False)
 
 
 def parse_window(text: str) -> tuple[float, float]:
